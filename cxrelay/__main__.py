@@ -1,0 +1,3 @@
+from cxrelay.cli import main
+
+main()

@@ -1,0 +1,416 @@
+"""Configuration: one immutable ``Config`` built from TOML, the environment and
+the command line, validated in one place. Pure: no asyncio, av or websockets.
+
+Every problem is a ``ConfigError`` whose message names the file, the key and
+what is wrong, so the CLI can print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from cxrelay.backlog import DEFAULT_MAX_BYTES, DEFAULT_MAX_DELAY
+from cxrelay.gop import DEFAULT_GOP_CACHE_BYTES
+from cxrelay.redact import redact_url
+
+CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SCHEMES = ("rtsp", "rtsps", "file", "demo")
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+TRANSPORTS = ("tcp", "udp")
+ASSEMBLY = ("nal", "parser")
+DEMO_URL = "demo://"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the operator: file: key: problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class CameraConfig:
+    name: str
+    url: str  # may carry credentials: never log it, use ``safe_url``
+    transport: str = "tcp"
+    on_demand: bool = False
+    linger: float = 30.0
+    open_timeout: float = 10.0
+    read_timeout: float = 10.0
+    max_viewers: int = 0  # 0: unlimited
+    assembly: str = "nal"
+    gop_cache_bytes: int = DEFAULT_GOP_CACHE_BYTES
+
+    @property
+    def safe_url(self) -> str:
+        return redact_url(self.url)
+
+    def __repr__(self) -> str:  # dataclass repr would print the password
+        return f"CameraConfig(name={self.name!r}, url={self.safe_url!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    allowed_origins: tuple[str, ...] = ()
+    max_viewers: int = 0  # in total; 0: unlimited
+    max_connections_per_client: int = 0  # per client address; 0: unlimited
+    handshake_timeout: float = 10.0
+    max_message_size: int = 4096
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    viewer_max_delay: float = DEFAULT_MAX_DELAY
+    viewer_max_bytes: int = DEFAULT_MAX_BYTES
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    secret: str | None = None
+
+    def __repr__(self) -> str:
+        return f"AuthConfig(secret={'***' if self.secret else None})"
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    format: str = "auto"
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    cameras: tuple[CameraConfig, ...] = ()
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    path: str | None = None
+
+    def camera(self, name: str) -> CameraConfig | None:
+        return next((c for c in self.cameras if c.name == name), None)
+
+
+# --- validation helpers -----------------------------------------------------------------------
+
+
+class _Section:
+    """Reads one TOML table, remembering which keys were used so the rest can
+    be reported as unknown (a typo must not silently fall back to a default)."""
+
+    def __init__(self, where: str, data: Any, env: Mapping[str, str]) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a table, got {_kind(data)}")
+        self.where = where
+        self.data = data
+        self.env = env
+        self.used: set[str] = set()
+
+    def err(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.where}.{key}: {problem}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        # TOML's bool is an int subclass; never let `true` pass as a port.
+        if isinstance(value, bool) and bool not in _as_tuple(kind):
+            raise self.err(key, f"expected {_names(kind)}, got a boolean")
+        if not isinstance(value, kind):
+            raise self.err(key, f"expected {_names(kind)}, got {_kind(value)}")
+        return value
+
+    def number(self, key: str, default: float, *, minimum: float, maximum: float) -> float:
+        value = float(self.get(key, (int, float), default))
+        if not minimum <= value <= maximum:
+            raise self.err(key, f"{value:g} is out of range ({minimum:g} to {maximum:g})")
+        return value
+
+    def integer(self, key: str, default: int, *, minimum: int, maximum: int) -> int:
+        value = self.get(key, int, default)
+        if not minimum <= value <= maximum:
+            raise self.err(key, f"{value} is out of range ({minimum} to {maximum})")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.get(key, str, default).lower()
+        if value not in choices:
+            raise self.err(key, f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    def secret(self, key: str) -> str | None:
+        """A secret given inline as ``key``, or as ``key_env`` (a variable
+        name) or ``key_file`` (a path; relative to systemd's
+        $CREDENTIALS_DIRECTORY when that is set, for ``LoadCredential=``)."""
+        given = [k for k in (key, f"{key}_env", f"{key}_file") if k in self.data]
+        if len(given) > 1:
+            raise self.err(given[1], f"give only one of {', '.join(given)}")
+        inline = self.get(key, str, None)
+        env_name = self.get(f"{key}_env", str, None)
+        file_name = self.get(f"{key}_file", str, None)
+        if inline is not None:
+            return inline
+        if env_name is not None:
+            if env_name not in self.env:
+                raise self.err(f"{key}_env", f"environment variable {env_name} is not set")
+            return self.env[env_name]
+        if file_name is not None:
+            path = Path(file_name)
+            creds = self.env.get("CREDENTIALS_DIRECTORY")
+            if not path.is_absolute() and creds:
+                path = Path(creds) / path
+            try:
+                return path.read_text(encoding="utf-8").strip("\r\n")
+            except OSError as exc:
+                raise self.err(f"{key}_file", f"cannot read {path}: {exc.strerror}") from None
+        return None
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise self.err(unknown[0], "unknown key")
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _names(kind: type | tuple[type, ...]) -> str:
+    words = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+             list: "a list", dict: "a table"}
+    return " or ".join(words.get(k, k.__name__) for k in _as_tuple(kind))
+
+
+def _kind(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+# --- sections ---------------------------------------------------------------------------------
+
+
+def validate_camera_name(name: str) -> str | None:
+    """The problem with a camera name, or None."""
+    if not CAMERA_NAME.match(name):
+        return (f"invalid camera name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit")
+    return None
+
+
+def validate_url(url: str) -> str | None:
+    """The problem with a camera URL (phrased without its credentials), or None."""
+    if not url:
+        return "empty URL"
+    if "://" not in url:
+        return None  # a file path; whether it exists is the source's business at run time
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        return f"malformed URL {redact_url(url)!r}: {exc}"
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        return (f"unsupported scheme {scheme!r} in {redact_url(url)!r} "
+                "(use rtsp://, rtsps://, file:// or a file path)")
+    if scheme in ("rtsp", "rtsps") and not parts.hostname:
+        return f"no host in {redact_url(url)!r}"
+    if scheme == "file" and not parts.path:
+        return f"no path in {redact_url(url)!r}"
+    return None
+
+
+def with_password(url: str, password: str) -> str:
+    """Put a password (from the environment or a credentials file) into the URL."""
+    parts = urlsplit(url)
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _camera(where: str, data: Any, env: Mapping[str, str]) -> CameraConfig:
+    s = _Section(where, data, env)
+    name = s.get("name", str, None)
+    if name is None:
+        raise s.err("name", "missing")
+    if problem := validate_camera_name(name):
+        raise s.err("name", problem)
+    s.where = f"{where} ({name})"
+    url = s.get("url", str, None)
+    if url is None:
+        raise s.err("url", "missing")
+    if problem := validate_url(url):
+        raise s.err("url", problem)
+    password = s.secret("password")
+    if password is not None:
+        if not url.lower().startswith(("rtsp://", "rtsps://")):
+            raise s.err("password", "only rtsp:// and rtsps:// cameras take a password")
+        url = with_password(url, password)
+    camera = CameraConfig(
+        name=name,
+        url=url,
+        transport=s.choice("transport", "tcp", TRANSPORTS),
+        on_demand=s.get("on_demand", bool, False),
+        linger=s.number("linger", 30.0, minimum=0, maximum=86400),
+        open_timeout=s.number("open_timeout", 10.0, minimum=0.1, maximum=300),
+        read_timeout=s.number("read_timeout", 10.0, minimum=0.1, maximum=300),
+        max_viewers=s.integer("max_viewers", 0, minimum=0, maximum=100_000),
+        assembly=s.choice("assembly", "nal", ASSEMBLY),
+        gop_cache_bytes=s.integer("gop_cache_bytes", DEFAULT_GOP_CACHE_BYTES,
+                                  minimum=0, maximum=1 << 30),
+    )
+    s.finish()
+    return camera
+
+
+def _origins(s: _Section) -> tuple[str, ...]:
+    origins = s.get("allowed_origins", list, [])
+    for i, origin in enumerate(origins):
+        if not isinstance(origin, str):
+            raise s.err(f"allowed_origins[{i}]", f"expected a string, got {_kind(origin)}")
+        if origin != "*" and not re.match(r"^(https?)://[^/?#\s]+$", origin):
+            raise s.err(f"allowed_origins[{i}]",
+                        f"{origin!r} is not an origin like https://shop.example.com "
+                        "or https://*.example.com (no path, no trailing slash)")
+    return tuple(origins)
+
+
+def _server(data: Any, env: Mapping[str, str]) -> ServerConfig:
+    s = _Section("server", data, env)
+    d = ServerConfig()
+    server = ServerConfig(
+        host=s.get("host", str, d.host),
+        port=s.integer("port", d.port, minimum=0, maximum=65535),
+        allowed_origins=_origins(s),
+        max_viewers=s.integer("max_viewers", 0, minimum=0, maximum=1_000_000),
+        max_connections_per_client=s.integer("max_connections_per_client", 0,
+                                             minimum=0, maximum=100_000),
+        handshake_timeout=s.number("handshake_timeout", d.handshake_timeout,
+                                   minimum=0.1, maximum=300),
+        max_message_size=s.integer("max_message_size", d.max_message_size,
+                                   minimum=64, maximum=1 << 20),
+        ping_interval=s.number("ping_interval", d.ping_interval, minimum=0, maximum=3600),
+        ping_timeout=s.number("ping_timeout", d.ping_timeout, minimum=0, maximum=3600),
+        viewer_max_delay=s.number("viewer_max_delay", d.viewer_max_delay,
+                                  minimum=0.05, maximum=60),
+        viewer_max_bytes=s.integer("viewer_max_bytes", d.viewer_max_bytes,
+                                   minimum=64 * 1024, maximum=1 << 30),
+        tls_cert=s.get("tls_cert", str, None),
+        tls_key=s.get("tls_key", str, None),
+    )
+    if bool(server.tls_cert) != bool(server.tls_key):
+        raise s.err("tls_key" if server.tls_cert else "tls_cert",
+                    "tls_cert and tls_key go together")
+    s.finish()
+    return server
+
+
+def _auth(data: Any, env: Mapping[str, str]) -> AuthConfig:
+    s = _Section("auth", data, env)
+    secret = s.secret("secret")
+    if secret is not None and len(secret) < 16:
+        raise s.err("secret", "too short: use at least 16 characters (32 random bytes is better)")
+    s.finish()
+    return AuthConfig(secret=secret)
+
+
+def _log(data: Any, env: Mapping[str, str]) -> LogConfig:
+    s = _Section("log", data, env)
+    log = LogConfig(format=s.choice("format", "auto", LOG_FORMATS),
+                    level=s.choice("level", "info", LOG_LEVELS))
+    s.finish()
+    return log
+
+
+def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
+    """Validate a parsed TOML document (no file name in messages; see load_config)."""
+    env = os.environ if env is None else env
+    top = _Section("config", dict(data), env)
+    sections: dict[str, Callable[[Any, Mapping[str, str]], Any]] = {
+        "server": _server, "auth": _auth, "log": _log,
+    }
+    built = {key: fn(top.get(key, dict, {}), env) for key, fn in sections.items()}
+    raw_cameras = top.get("camera", list, [])
+    cameras = tuple(_camera(f"camera[{i}]", c, env) for i, c in enumerate(raw_cameras))
+    for key in sorted(set(top.data) - top.used):
+        hint = " (did you mean [[camera]]?)" if key in ("cameras", "camera") else ""
+        raise ConfigError(f"{key}: unknown key{hint}")
+    check_unique(cameras)
+    return Config(server=built["server"], cameras=cameras, auth=built["auth"], log=built["log"])
+
+
+def check_unique(cameras: tuple[CameraConfig, ...]) -> None:
+    seen: set[str] = set()
+    for camera in cameras:
+        if camera.name in seen:
+            raise ConfigError(f"camera {camera.name!r}: duplicate camera name")
+        seen.add(camera.name)
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a TOML file; every error message starts with the file name."""
+    name = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{name}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{name}: invalid TOML: {exc}") from None
+    try:
+        config = parse_config(data, env)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return replace(config, path=name)
+
+
+def parse_camera_option(option: str) -> CameraConfig:
+    """``NAME=URL`` from ``--camera``."""
+    name, sep, url = option.partition("=")
+    if not sep:
+        raise ConfigError(f"--camera {redact_url(option)!r}: expected NAME=URL")
+    if problem := validate_camera_name(name):
+        raise ConfigError(f"--camera {name}: {problem}")
+    if problem := validate_url(url):
+        raise ConfigError(f"--camera {name}: {problem}")
+    return CameraConfig(name=name, url=url)
+
+
+def with_overrides(
+    config: Config,
+    *,
+    cameras: tuple[CameraConfig, ...] = (),
+    demo: bool = False,
+    host: str | None = None,
+    port: int | None = None,
+    log_format: str | None = None,
+    log_level: str | None = None,
+) -> Config:
+    """Apply command-line settings on top of the file's (the command line wins)."""
+    server = config.server
+    if host is not None:
+        server = replace(server, host=host)
+    if port is not None:
+        server = replace(server, port=port)
+    log = replace(
+        config.log,
+        **({"format": log_format} if log_format else {}),
+        **({"level": log_level} if log_level else {}),
+    )
+    extra = cameras + ((CameraConfig(name="demo", url=DEMO_URL),) if demo else ())
+    all_cameras = config.cameras + extra
+    check_unique(all_cameras)
+    return replace(config, server=server, log=log, cameras=all_cameras)

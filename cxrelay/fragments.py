@@ -1,0 +1,96 @@
+"""Whole NAL units out of FFmpeg's RTP packets. Pure: no I/O.
+
+With the parser off (``fflags=+noparse``) FFmpeg hands over each RTP payload
+as it comes. A NAL unit too big for one packet arrives FU-A fragmented: the
+first fragment starts with a start code, the rest are bare continuation bytes.
+RTSP gives no end-of-NAL flag, so waiting for the next packet would cost a
+whole frame whenever the picture's last slice is fragmented.
+
+Payloaders (GStreamer's, FFmpeg's, cameras') fill every fragment to the same
+size but the last, which is shorter. So a NAL unit whose latest piece is
+shorter than the learned fragment size is complete now; one whose piece is
+full-size may go on, and is held until the next packet or the idle timer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Before any fragment has been seen, a NAL unit this big may be a first
+# fragment: no MTU leaves less room than this for one.
+_UNKNOWN_FRAGMENT_GUESS = 1000
+
+
+@dataclass(slots=True)
+class NalChunk:
+    data: bytes  # Annex B: one or more complete NAL units, with start codes
+    pts_us: int
+    ingest_us: int  # arrival of the packet that completed it
+
+
+def _starts_with_start_code(data: bytes) -> bool:
+    return data[:3] == b"\x00\x00\x01" or data[:4] == b"\x00\x00\x00\x01"
+
+
+def _last_nal_length(data: bytes) -> int:
+    """Length of the last NAL unit in an Annex B buffer (header included)."""
+    start = data.rfind(b"\x00\x00\x01")
+    return len(data) - (start + 3) if start >= 0 else len(data)
+
+
+class FragmentJoiner:
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._pts = 0
+        self._ingest = 0
+        self._open = False  # the last NAL unit may still get continuation bytes
+        self.fragment_size = 0  # learned: the size of a full continuation packet
+        self.orphans = 0  # continuation bytes with nothing to continue (packet loss)
+
+    @property
+    def pending(self) -> bool:
+        """Bytes are held back because their NAL unit may not be complete yet."""
+        return bool(self._parts)
+
+    def push(self, data: bytes, pts_us: int, ingest_us: int) -> list[NalChunk]:
+        """Take one packet; return the NAL units it completes, in order."""
+        if not data:
+            return []
+        if not _starts_with_start_code(data):
+            return self._continue(data, ingest_us)
+        out = self.flush()
+        self._parts = [data]
+        self._pts = pts_us
+        self._ingest = ingest_us
+        last = _last_nal_length(data)
+        if self.fragment_size:
+            # A first fragment holds the rebuilt NAL header plus one full fragment.
+            self._open = last >= self.fragment_size + 1
+        else:
+            self._open = last >= _UNKNOWN_FRAGMENT_GUESS
+        if not self._open:
+            out.extend(self.flush())
+        return out
+
+    def _continue(self, data: bytes, ingest_us: int) -> list[NalChunk]:
+        if not self._parts:
+            self.orphans += 1
+            return []
+        self.fragment_size = max(self.fragment_size, len(data))
+        self._parts.append(data)
+        self._ingest = ingest_us
+        self._open = len(data) >= self.fragment_size
+        return [] if self._open else self.flush()
+
+    def flush(self) -> list[NalChunk]:
+        """Give up waiting: whatever is held is taken as complete."""
+        if not self._parts:
+            return []
+        data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        self._parts = []
+        self._open = False
+        return [NalChunk(data, self._pts, self._ingest)]
+
+    def reset(self) -> None:
+        self._parts = []
+        self._open = False
