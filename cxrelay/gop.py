@@ -20,27 +20,26 @@ class GopCache:
         self._valid = False
         self.overflows = 0
 
-    def add(self, message: bytes, *, keyframe: bool) -> None:
+    def add(self, message: bytes, *, keyframe: bool) -> int:
+        """Cache a frame; returns how many frames an overflow just threw away."""
         if keyframe:
             self._frames = [message]
             self._bytes = len(message)
-            self._valid = self._bytes <= self.max_bytes
-            if not self._valid:
-                self._drop()
-            return
-        if not self._valid:
-            return
-        self._bytes += len(message)
-        if self._bytes > self.max_bytes:
-            self._drop()
-            return
-        self._frames.append(message)
+            self._valid = True
+        elif not self._valid:
+            return 0
+        else:
+            self._frames.append(message)
+            self._bytes += len(message)
+        return self._drop() if self._bytes > self.max_bytes else 0
 
-    def _drop(self) -> None:
+    def _drop(self) -> int:
+        dropped = len(self._frames)
         self._frames = []
         self._bytes = 0
         self._valid = False
         self.overflows += 1
+        return dropped
 
     def snapshot(self) -> list[bytes]:
         """The frames a joining viewer needs, first one a keyframe; [] when unusable."""

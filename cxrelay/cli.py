@@ -1,0 +1,112 @@
+"""The command line: a thin click layer over ``Config`` and ``Relay``.
+
+Exit codes: 0 clean stop, 2 usage or configuration error (one line, no
+traceback), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+from cxrelay import __version__
+from cxrelay.config import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    Config,
+    ConfigError,
+    load_config,
+    parse_camera_option,
+    with_overrides,
+)
+from cxrelay.redact import url_secrets
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    click.echo(f"cxrelay: error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="cxrelay")
+def main() -> None:
+    """cxrelay: live H.264 from RTSP cameras to web browsers, with as little delay as possible."""
+
+
+def build_config(
+    config_path: str | None, cameras: tuple[str, ...], **overrides: Any
+) -> Config:
+    base = load_config(config_path) if config_path else Config()
+    extra = tuple(parse_camera_option(c) for c in cameras)
+    return with_overrides(base, cameras=extra, **overrides)
+
+
+@main.command()
+@click.option("--config", "config_path", metavar="PATH", envvar="CXRELAY_CONFIG",
+              help="TOML configuration file.  [env: CXRELAY_CONFIG]")
+@click.option("--camera", "cameras", multiple=True, metavar="NAME=URL", envvar="CXRELAY_CAMERA",
+              help="Add a camera (repeatable): rtsp://, rtsps://, file:// or a file path. "
+                   "[env: CXRELAY_CAMERA, space-separated]")
+@click.option("--host", envvar="CXRELAY_HOST",
+              help="Address to listen on.  [default: 127.0.0.1; env: CXRELAY_HOST]")
+@click.option("--port", type=click.IntRange(0, 65535), envvar="CXRELAY_PORT",
+              help="Port to listen on.  [default: 8080; env: CXRELAY_PORT]")
+@click.option("--demo", is_flag=True, default=False, envvar="CXRELAY_DEMO",
+              help="Add the built-in synthetic camera 'demo'.  [env: CXRELAY_DEMO]")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS, case_sensitive=False),
+              envvar="CXRELAY_LOG_FORMAT",
+              help="auto: console on a terminal, JSON otherwise.  [env: CXRELAY_LOG_FORMAT]")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
+              envvar="CXRELAY_LOG_LEVEL", help="[default: info; env: CXRELAY_LOG_LEVEL]")
+def serve(config_path: str | None, cameras: tuple[str, ...], host: str | None,
+          port: int | None, demo: bool, log_format: str | None, log_level: str | None) -> None:
+    """Run the relay."""
+    overrides = {"demo": demo, "host": host, "port": port,
+                 "log_format": log_format and log_format.lower(),
+                 "log_level": log_level and log_level.lower()}
+
+    def reload_config() -> Config:
+        return build_config(config_path, cameras, **overrides)
+
+    try:
+        config = reload_config()
+    except ConfigError as exc:
+        fail(str(exc))
+    run(config, reload_config if config_path else None)
+
+
+def run(config: Config, reload_config: Callable[[], Config] | None) -> None:
+    import uvloop
+
+    from cxrelay.app import run_relay
+    from cxrelay.logs import configure_logging
+
+    secrets = [s for c in config.cameras for s in url_secrets(c.url)]
+    if config.auth.secret:
+        secrets.append(config.auth.secret)
+    configure_logging(config.log.format, config.log.level, secrets)
+    try:
+        uvloop.run(run_relay(config, reload_config))
+    except OSError as exc:  # typically the port is taken or the address is not ours
+        fail(f"cannot listen on {config.server.host}:{config.server.port}: "
+             f"{exc.strerror or exc}", EXIT_ERROR)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command("check-config")
+@click.argument("path")
+def check_config(path: str) -> None:
+    """Validate a configuration file and exit (0: valid, 2: not)."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        fail(str(exc))
+    click.echo(f"{path}: OK, {len(config.cameras)} camera(s): "
+               + ", ".join(c.name for c in config.cameras))

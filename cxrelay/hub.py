@@ -1,0 +1,352 @@
+"""One hub per camera: one upstream connection shared by all its viewers.
+
+The hub runs entirely on the event loop. Its source thread hands it packets;
+it assembles them into access units, keeps the GOP cache, and fans frames out
+to each viewer's bounded backlog. It never awaits a viewer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+import structlog
+
+from cxrelay.backlog import Backlog
+from cxrelay.config import CameraConfig, ServerConfig
+from cxrelay.fragments import FragmentJoiner
+from cxrelay.gop import GopCache
+from cxrelay.h264 import AccessUnit, AccessUnitAssembler
+from cxrelay.metrics import Metrics
+from cxrelay.protocol import (
+    FLAG_DISCONTINUITY,
+    FLAG_KEYFRAME,
+    encode_frame,
+    init_message,
+    status_message,
+)
+from cxrelay.sources import Source, StreamInfo, create_source
+from cxrelay.viewer import Viewer
+
+log = structlog.get_logger("cxrelay.camera")
+
+# How long a unit may sit with no new packet before it is taken as complete,
+# while the stream's slice layout is not yet known. A few ms: slices of one
+# picture arrive back to back, and the next picture is a frame interval away.
+ASSEMBLY_IDLE = 0.004
+STATS_WINDOW_US = 5_000_000
+
+
+class RateMeter:
+    """Frames per second and bits per second over a sliding window."""
+
+    def __init__(self, window_us: int = STATS_WINDOW_US) -> None:
+        self.window_us = window_us
+        self._samples: deque[tuple[int, int]] = deque()
+        self._bytes = 0
+
+    def add(self, at_us: int, size: int) -> None:
+        self._samples.append((at_us, size))
+        self._bytes += size
+        while self._samples and at_us - self._samples[0][0] > self.window_us:
+            self._bytes -= self._samples.popleft()[1]
+
+    def clear(self) -> None:
+        self._samples.clear()
+        self._bytes = 0
+
+    def rates(self) -> tuple[float | None, int | None]:
+        if len(self._samples) < 2:
+            return None, None
+        span = (self._samples[-1][0] - self._samples[0][0]) / 1e6
+        if span <= 0:
+            return None, None
+        fps = (len(self._samples) - 1) / span
+        return round(fps, 2), int(self._bytes * 8 / span)
+
+
+class CameraHub:
+    def __init__(
+        self,
+        camera: CameraConfig,
+        *,
+        server: ServerConfig,
+        metrics: Metrics,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.camera = camera
+        self.server = server
+        self.metrics = metrics
+        self.loop = loop
+        self.viewers: set[Viewer] = set()
+        self.state = "idle"
+        self.reason: str | None = None
+        self.last_error: str | None = None
+        self.log = log.bind(camera=camera.name)
+        self._source: Source | None = None
+        self._retired: list[Source] = []
+        self._assembler = AccessUnitAssembler()
+        self._joiner = FragmentJoiner()
+        self._whole_units = True
+        self._gop = GopCache(camera.gop_cache_bytes)
+        self._init: str | None = None
+        self._stream_key: tuple[str, int, int] | None = None
+        self._need_init = True
+        self._connections = 0
+        self._failing_reason: str | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._last_keyframe_us: int | None = None
+        self._rate = RateMeter()
+        metrics.add_camera(camera.name)
+
+    @property
+    def name(self) -> str:
+        return self.camera.name
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self.camera.on_demand:
+            self._start_source()
+
+    def _start_source(self) -> None:
+        if self._source is not None:
+            return
+        self._set_state("connecting")
+        self._source = create_source(self.camera, self, self.loop)
+        self._source.start()
+
+    def _stop_source(self) -> None:
+        source, self._source = self._source, None
+        if source is not None:
+            source.stop()
+            self._retired.append(source)
+        self._cancel_idle()
+        self._reset_stream()
+
+    async def close(self, code: int, reason: str) -> None:
+        """Stop the camera and close its viewers (removed, or shutting down)."""
+        self._cancel_linger()
+        self._stop_source()
+        viewers = list(self.viewers)
+        await asyncio.gather(*(v.ws.close(code, reason) for v in viewers), return_exceptions=True)
+        await self.wait_sources_stopped(2.0)
+        self.metrics.remove_camera(self.name)
+
+    async def wait_sources_stopped(self, timeout: float) -> None:
+        retired, self._retired = self._retired, []
+        await asyncio.gather(*(s.wait_stopped(timeout) for s in retired))
+
+    def reconfigure(self, camera: CameraConfig) -> None:
+        """New settings for the same camera name: restart the source, keep the
+        viewers (they get `connecting`, then a new `init` and a keyframe)."""
+        self._stop_source()
+        self.camera = camera
+        self._gop = GopCache(camera.gop_cache_bytes)
+        self._connections = 0
+        self._failing_reason = None
+        self.last_error = None
+        if not camera.on_demand or self.viewers:
+            self._start_source()
+        else:
+            self._set_state("idle")
+
+    # --- viewers --------------------------------------------------------------------------------
+
+    def new_backlog(self) -> Backlog:
+        return Backlog(int(self.server.viewer_max_delay * 1e6), self.server.viewer_max_bytes)
+
+    def attach(self, viewer: Viewer) -> None:
+        first: list[str] = []
+        if self._init is not None:
+            first.append(self._init)
+        first.append(status_message(self.state, self.reason))
+        catchup = self._gop.snapshot() if self.state == "live" else []
+        viewer.join(first, catchup)
+        self.viewers.add(viewer)
+        self._viewers_changed()
+        self._cancel_linger()
+        if self.camera.on_demand:
+            self._start_source()
+
+    def detach(self, viewer: Viewer) -> None:
+        self.viewers.discard(viewer)
+        self._viewers_changed()
+        if self.camera.on_demand and not self.viewers and self._source is not None:
+            self._linger_timer = self.loop.call_later(self.camera.linger, self._linger_expired)
+
+    def _viewers_changed(self) -> None:
+        self.metrics.camera_viewers.labels(self.name).set(len(self.viewers))
+
+    def _linger_expired(self) -> None:
+        self._linger_timer = None
+        if not self.viewers:
+            self.log.info("camera idle", reason=f"no viewers for {self.camera.linger:g}s")
+            self._stop_source()
+            self._set_state("idle")
+
+    def _cancel_linger(self) -> None:
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+
+    # --- state ----------------------------------------------------------------------------------
+
+    def _set_state(self, state: str, reason: str | None = None) -> None:
+        if (state, reason) == (self.state, self.reason):
+            return
+        self.state, self.reason = state, reason
+        self.metrics.set_state(self.name, state)
+        if state == "idle":
+            return  # nobody is watching an idle camera
+        message = status_message(state, reason)
+        for viewer in self.viewers:
+            viewer.send_text(message)
+
+    def _reset_stream(self) -> None:
+        self._joiner.reset()
+        self._assembler.reset()
+        self._gop.clear()
+        self._need_init = True
+        self._rate.clear()
+        self._last_keyframe_us = None
+
+    def info(self) -> dict[str, Any]:
+        fps, bitrate = self._rate.rates() if self.state == "live" else (None, None)
+        codec, width, height = self._stream_key or (None, None, None)
+        return {
+            "name": self.name,
+            "state": self.state,
+            "codec": codec,
+            "width": width,
+            "height": height,
+            "fps": fps,
+            "bitrate": bitrate,
+            "viewers": len(self.viewers),
+            "last_error": self.last_error,
+            "on_demand": self.camera.on_demand,
+        }
+
+    # --- source events (SourceSink), on the loop --------------------------------------------------
+
+    def source_connecting(self, source: Source) -> None:
+        if source is self._source and self.state == "idle":
+            self._set_state("connecting")
+
+    def source_connected(self, source: Source, info: StreamInfo) -> None:
+        if source is not self._source:
+            return
+        self._reset_stream()
+        self._assembler = AccessUnitAssembler(info.extradata)
+        self._whole_units = info.whole_units
+        self._connections += 1
+        details = {"transport": info.transport} if info.transport else {}
+        if self._failing_reason is not None or self._connections > 1:
+            self.metrics.reconnects.labels(self.name).inc()
+            self.log.info("camera reconnected", **details)
+        else:
+            self.log.info("camera connected", **details)
+        self._failing_reason = None
+
+    def source_failed(self, source: Source, reason: str) -> None:
+        if source is not self._source:
+            return
+        # Log a failure once, not on every retry; a new reason is news.
+        if reason != self._failing_reason:
+            self.log.warning("camera failed", reason=reason)
+        else:
+            self.log.debug("camera still failing", reason=reason)
+        self._failing_reason = reason
+        self.last_error = reason
+        self._cancel_idle()
+        self._reset_stream()
+        self._set_state("offline", reason)
+
+    def source_packet(self, source: Source, data: bytes, pts_us: int, ingest_us: int) -> None:
+        if source is not self._source:
+            return
+        assembler = self._assembler
+        if self._whole_units:
+            units = assembler.push(data, pts_us, ingest_us)
+            units += assembler.flush()
+        else:
+            units = []
+            for chunk in self._joiner.push(data, pts_us, ingest_us):
+                units += assembler.push(chunk.data, chunk.pts_us, chunk.ingest_us)
+            self._arm_idle()
+        for unit in units:
+            self._publish(unit)
+
+    # --- assembly -------------------------------------------------------------------------------
+
+    def _arm_idle(self) -> None:
+        self._cancel_idle()
+        if self._joiner.pending or (
+            self._assembler.pending and not self._assembler.slice_count_known
+        ):
+            self._idle_timer = self.loop.call_later(ASSEMBLY_IDLE, self._idle_expired)
+
+    def _cancel_idle(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _idle_expired(self) -> None:
+        self._idle_timer = None
+        units: list[AccessUnit] = []
+        for chunk in self._joiner.flush():
+            units += self._assembler.push(chunk.data, chunk.pts_us, chunk.ingest_us)
+        units += self._assembler.flush()
+        for unit in units:
+            self._publish(unit)
+
+    # --- fan-out --------------------------------------------------------------------------------
+
+    def _publish(self, unit: AccessUnit) -> None:
+        if unit.keyframe and unit.sps is not None:
+            self._on_keyframe(unit)
+        if self._need_init:
+            return  # no decoder can start before a keyframe
+        flags = FLAG_KEYFRAME if unit.keyframe else 0
+        if unit.discontinuity:
+            flags |= FLAG_DISCONTINUITY
+        message = encode_frame(flags, unit.pts_us, unit.ingest_us, unit.data)
+        lost = self._gop.add(message, keyframe=unit.keyframe)
+        if lost:
+            self.metrics.frames_dropped.labels("gop_cache_overflow").inc(lost)
+            self.log.warning("gop cache overflow", frames=lost,
+                             limit_bytes=self._gop.max_bytes)
+        self.metrics.frames_in.labels(self.name).inc()
+        self.metrics.bytes_in.labels(self.name).inc(len(unit.data))
+        self._rate.add(unit.ingest_us, len(unit.data))
+        for viewer in self.viewers:
+            overflows = viewer.backlog.overflows
+            dropped = viewer.send_frame(message, keyframe=unit.keyframe)
+            if dropped:
+                self.metrics.frames_dropped.labels("slow_viewer").inc(dropped)
+            if viewer.backlog.overflows != overflows:  # one line per overflow, not per frame
+                self.log.info("frames dropped", viewer=viewer.id, frames=dropped,
+                              reason="slow viewer")
+
+    def _on_keyframe(self, unit: AccessUnit) -> None:
+        sps = unit.sps
+        assert sps is not None
+        key = (sps.codec, sps.width, sps.height)
+        if self._need_init or key != self._stream_key:
+            if self._stream_key is not None and key != self._stream_key:
+                self.log.info("stream changed", codec=sps.codec, width=sps.width,
+                              height=sps.height)
+            self._stream_key = key
+            self._init = init_message(self.name, *key)
+            self._need_init = False
+            self._gop.clear()
+            for viewer in self.viewers:
+                viewer.send_text(self._init)
+        if self._last_keyframe_us is not None:
+            interval = (unit.ingest_us - self._last_keyframe_us) / 1e6
+            self.metrics.keyframe_interval.labels(self.name).set(interval)
+        self._last_keyframe_us = unit.ingest_us
+        if self.state != "live":
+            self._set_state("live")

@@ -1,0 +1,57 @@
+"""Logging with structlog: one event per line, JSON for journald and log
+shippers, colourful key=value for people at a terminal."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+import structlog
+
+from cxrelay.redact import redact_text
+
+
+def _scrubber(secrets: tuple[str, ...]) -> Any:
+    """Last line of defence: whatever slipped into an event, no credential leaves."""
+
+    def scrub(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+        for key, value in event.items():
+            if isinstance(value, str):
+                event[key] = redact_text(value, secrets)
+        return event
+
+    return scrub
+
+
+def configure_logging(
+    fmt: str = "auto",
+    level: str = "info",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> None:
+    stream = stream or sys.stdout
+    if fmt == "auto":
+        fmt = "console" if stream.isatty() else "json"
+    renderer: Any
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            timestamper,
+            structlog.processors.format_exc_info,
+            _scrubber(tuple(sorted(set(secrets), key=len, reverse=True))),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            getattr(logging, level.upper(), logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )

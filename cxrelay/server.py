@@ -1,0 +1,222 @@
+"""The one listening port: WebSocket viewers at /ws/<camera>, and plain HTTP
+(the player, the API, health, metrics) through websockets' process_request.
+
+Every refusal happens before the upgrade, as a plain HTTP status, so a
+browser's devtools and a curl both show why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import mimetypes
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from cxrelay import __version__
+from cxrelay.config import Config
+from cxrelay.hub import CameraHub
+from cxrelay.metrics import Metrics
+from cxrelay.protocol import CLOSE_INTERNAL, CLOSE_UNSUPPORTED
+from cxrelay.viewer import Viewer
+
+log = structlog.get_logger("cxrelay.server")
+
+STATIC_DIR = Path(__file__).parent / "static"
+SERVER_HEADER = f"cxrelay/{__version__}"
+
+
+def static_routes(directory: Path = STATIC_DIR) -> dict[str, Path]:
+    """Exact request paths to files. Only these are served: nothing a request
+    says is ever joined to a filesystem path, so traversal has no way in."""
+    routes = {f"/{p.name}": p for p in directory.iterdir() if p.is_file()} if directory.is_dir() \
+        else {}
+    if "/index.html" in routes:
+        routes["/"] = routes["/index.html"]
+    return routes
+
+
+def response(status: HTTPStatus, body: bytes, content_type: str,
+             extra: Mapping[str, str] | None = None) -> Response:
+    headers = Headers(
+        [
+            ("Server", SERVER_HEADER),
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-cache"),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Connection", "close"),
+        ]
+    )
+    for key, value in (extra or {}).items():
+        headers[key] = value
+    return Response(status.value, status.phrase, headers, body)
+
+
+def text_response(status: HTTPStatus, text: str) -> Response:
+    return response(status, (text + "\n").encode(), "text/plain; charset=utf-8")
+
+
+def json_response(obj: Any, status: HTTPStatus = HTTPStatus.OK) -> Response:
+    return response(status, json.dumps(obj).encode(), "application/json")
+
+
+class RelayServer:
+    """HTTP routes and the viewer handler, over the relay's hubs."""
+
+    def __init__(self, config: Config, hubs: Mapping[str, CameraHub], metrics: Metrics,
+                 status: Callable[[], dict[str, Any]]) -> None:
+        self.config = config
+        self.hubs = hubs
+        self.metrics = metrics
+        self.status = status
+        self.static = static_routes()
+        self._server: Server | None = None
+
+    async def start(self) -> None:
+        cfg = self.config.server
+        self._server = await serve(
+            self._handle,
+            cfg.host,
+            cfg.port,
+            process_request=self._process_request,
+            server_header=SERVER_HEADER,
+            compression=None,  # video doesn't deflate; it would only cost CPU and latency
+            max_size=cfg.max_message_size,
+            open_timeout=cfg.handshake_timeout,
+            ping_interval=cfg.ping_interval or None,
+            ping_timeout=cfg.ping_timeout or None,
+            close_timeout=2,
+            ssl=self._ssl_context(),
+        )
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        cfg = self.config.server
+        if not cfg.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        return context
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def sockets(self) -> list[Any]:
+        return list(self._server.sockets) if self._server else []
+
+    def close(self) -> None:
+        """Stop accepting, and close every viewer with 1001 going away."""
+        if self._server is not None:
+            self._server.close(close_connections=True)
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # --- plain HTTP ---------------------------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path.startswith("/ws/"):
+            return self._admit(connection, request, path[4:])
+        if path == "/healthz":
+            return json_response(self.status())
+        if path == "/api/cameras":
+            return json_response([hub.info() for hub in self.hubs.values()])
+        if path == "/metrics":
+            return response(HTTPStatus.OK, self.metrics.render(), self.metrics.content_type)
+        if (file := self.static.get(path)) is not None:
+            return self._static(file)
+        return text_response(HTTPStatus.NOT_FOUND, "not found")
+
+    def _static(self, file: Path) -> Response:
+        try:
+            body = file.read_bytes()
+        except OSError:
+            return text_response(HTTPStatus.NOT_FOUND, "not found")
+        kind = {".js": "text/javascript", ".html": "text/html"}.get(file.suffix) \
+            or mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        if kind.startswith("text/"):
+            kind += "; charset=utf-8"
+        return response(HTTPStatus.OK, body, kind)
+
+    def _admit(self, connection: ServerConnection, request: Request, name: str) -> Response | None:
+        """Decide before the upgrade whether this viewer may watch."""
+        hub = self.hubs.get(name)
+        if hub is None:
+            return text_response(HTTPStatus.NOT_FOUND, f"no camera named {name[:64]!r}")
+        limit = hub.camera.max_viewers
+        if limit and len(hub.viewers) >= limit:
+            log.info("viewer refused", camera=name, reason="camera viewer limit")
+            return text_response(HTTPStatus.SERVICE_UNAVAILABLE,
+                                 f"camera {name} has its maximum of {limit} viewers")
+        total = self.config.server.max_viewers
+        if total and sum(len(h.viewers) for h in self.hubs.values()) >= total:
+            log.info("viewer refused", camera=name, reason="server viewer limit")
+            return text_response(HTTPStatus.SERVICE_UNAVAILABLE,
+                                 f"the server has its maximum of {total} viewers")
+        return None
+
+    # --- viewers ------------------------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        name = urlsplit(ws.request.path).path[4:] if ws.request else ""
+        hub = self.hubs.get(name)
+        if hub is None:  # removed by a reload during the handshake
+            await ws.close(1001, "camera removed")
+            return
+        viewer = Viewer(ws, hub.new_backlog(), self.metrics)
+        vlog = log.bind(camera=name, viewer=viewer.id)
+        peer = ws.remote_address[0] if ws.remote_address else None
+        vlog.info("viewer joined", peer=peer)
+        started = time.monotonic()
+        hub.attach(viewer)
+        self.metrics.viewers.inc()
+        pump = asyncio.get_running_loop().create_task(self._pump(ws, viewer, vlog))
+        reason = "closed"
+        try:
+            reason = await self._receive(ws)
+        finally:
+            pump.cancel()
+            hub.detach(viewer)
+            self.metrics.viewers.dec()
+            if ws.close_code is not None and reason == "closed":
+                reason = f"closed {ws.close_code}" + (f" {ws.close_reason}" if ws.close_reason
+                                                       else "")
+            vlog.info("viewer left", reason=reason, frames=viewer.sent_frames,
+                      seconds=round(time.monotonic() - started, 1))
+
+    async def _pump(self, ws: ServerConnection, viewer: Viewer, vlog: Any) -> None:
+        try:
+            await viewer.pump()
+        except ConnectionClosed:
+            pass
+        except Exception:
+            vlog.exception("viewer failed")
+            await ws.close(CLOSE_INTERNAL, "internal error")
+
+    async def _receive(self, ws: ServerConnection) -> str:
+        """Clients need send nothing; text is ignored (forward compatibility),
+        binary is refused. Reading also keeps pings and closes flowing."""
+        try:
+            async for message in ws:
+                if isinstance(message, bytes):
+                    await ws.close(CLOSE_UNSUPPORTED, "binary messages are not accepted")
+                    return "sent a binary message"
+        except ConnectionClosed:
+            pass
+        return "closed"

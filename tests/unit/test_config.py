@@ -1,0 +1,132 @@
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cxrelay.config import (
+    DEMO_URL,
+    Config,
+    ConfigError,
+    load_config,
+    parse_camera_option,
+    with_overrides,
+)
+
+GOOD = """
+[server]
+host = "0.0.0.0"
+port = 8443
+allowed_origins = ["https://shop.example.com", "https://*.example.com"]
+
+[[camera]]
+name = "lobby"
+url = "rtsp://viewer@10.0.0.5:554/stream1"
+password_env = "LOBBY_PW"
+transport = "udp"
+
+[[camera]]
+name = "till-1"
+url = "/var/lib/cxrelay/till.mp4"
+on_demand = true
+linger = 5
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cxrelay.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_good_config(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD), env={"LOBBY_PW": "pa:ss/w@rd"})
+    assert config.server.port == 8443
+    lobby, till = config.cameras
+    assert lobby.url == "rtsp://viewer:pa%3Ass%2Fw%40rd@10.0.0.5:554/stream1"
+    assert lobby.transport == "udp"
+    assert "pa" not in repr(lobby) and "***" in repr(lobby)
+    assert till.on_demand and till.linger == 5.0 and till.transport == "tcp"
+
+
+def test_password_from_credentials_directory(tmp_path: Path) -> None:
+    (tmp_path / "lobby.pw").write_text("from-file\n")
+    path = write(tmp_path, """
+        [[camera]]
+        name = "lobby"
+        url = "rtsp://admin@cam/x"
+        password_file = "lobby.pw"
+    """)
+    config = load_config(path, env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert config.cameras[0].url == "rtsp://admin:from-file@cam/x"
+
+
+BAD = [
+    ("[server]\nprot = 1\n", "server.prot: unknown key"),
+    ("[server]\nport = 70000\n", "server.port: 70000 is out of range"),
+    ("[server]\nport = true\n", "server.port: expected an integer, got a boolean"),
+    ("[server]\nport = '80'\n", "server.port: expected an integer, got a string"),
+    ("[[camera]]\nurl = 'rtsp://a/b'\n", "camera[0].name: missing"),
+    ("[[camera]]\nname = 'a b'\nurl = 'rtsp://a/b'\n", "camera[0].name: invalid camera name"),
+    ("[[camera]]\nname = 'a'\n", "camera[0] (a).url: missing"),
+    ("[[camera]]\nname = 'a'\nurl = 'http://a/b'\n", "unsupported scheme 'http'"),
+    ("[[camera]]\nname = 'a'\nurl = 'rtsp://u:pw@h:99999/x'\n", "camera[0] (a).url: malformed"),
+    ("[[camera]]\nname = 'a'\nurl = 'rtsp:///x'\n", "no host"),
+    ("[[camera]]\nname = 'a'\nurl = 'rtsp://h/x'\ntransport = 'sctp'\n",
+     "camera[0] (a).transport: 'sctp' is not one of tcp, udp"),
+    ("[[camera]]\nname = 'a'\nurl = 'rtsp://h/x'\nlingr = 3\n", "camera[0] (a).lingr: unknown key"),
+    ("[[camera]]\nname = 'a'\nurl = 'rtsp://h/x'\n[[camera]]\nname = 'a'\nurl = 'rtsp://h/y'\n",
+     "camera 'a': duplicate camera name"),
+    ("[[camera]]\nname = 'a'\nurl = 'rtsp://h/x'\npassword_env = 'NOPE'\n",
+     "camera[0] (a).password_env: environment variable NOPE is not set"),
+    ("[[camera]]\nname = 'a'\nurl = 'rtsp://h/x'\npassword = 'x'\npassword_env = 'Y'\n",
+     "give only one of password, password_env"),
+    ("[[camera]]\nname = 'a'\nurl = 'rtsp://h/x'\npassword_file = '/nonexistent/pw'\n",
+     "password_file: cannot read /nonexistent/pw"),
+    ("[cameras]\n", "cameras: unknown key (did you mean [[camera]]?)"),
+    ("[server]\nallowed_origins = ['https://a.com/']\n", "allowed_origins[0]"),
+    ("[server]\ntls_cert = '/a.pem'\n", "server.tls_key: tls_cert and tls_key go together"),
+    ("[auth]\nsecret = 'short'\n", "auth.secret: too short"),
+    ("[log]\nlevel = 'loud'\n", "log.level: 'loud' is not one of"),
+    ("[server\n", "invalid TOML"),
+    ("camera = 3\n", "camera: expected a list, got an integer"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD, ids=[m for _, m in BAD])
+def test_bad_config_names_file_key_and_problem(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    text_of_error = str(info.value)
+    assert text_of_error.startswith(f"{path}: ")
+    assert message in text_of_error
+    assert "\n" not in text_of_error
+
+
+def test_errors_never_show_the_password(tmp_path: Path) -> None:
+    path = write(tmp_path, "[[camera]]\nname = 'a'\nurl = 'rtsp://u:topsecret@h:99999/x'\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert "topsecret" not in str(info.value)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="nope.toml: no such file"):
+        load_config("nope.toml")
+
+
+def test_camera_option_and_overrides() -> None:
+    cam = parse_camera_option("lobby=rtsp://u:p@h/x")
+    assert (cam.name, cam.url) == ("lobby", "rtsp://u:p@h/x")
+    with pytest.raises(ConfigError, match="expected NAME=URL"):
+        parse_camera_option("rtsp://h/x")
+    with pytest.raises(ConfigError) as info:
+        parse_camera_option("bad name=rtsp://u:secretpw@h/x")
+    assert "secretpw" not in str(info.value)
+    config = with_overrides(Config(), cameras=(cam,), demo=True, port=9000, log_level="debug")
+    assert [c.name for c in config.cameras] == ["lobby", "demo"]
+    assert config.cameras[1].url == DEMO_URL
+    assert config.server.port == 9000 and config.server.host == "127.0.0.1"
+    assert config.log.level == "debug" and config.log.format == "auto"
+    with pytest.raises(ConfigError, match="duplicate"):
+        with_overrides(config, demo=True)

@@ -1,0 +1,72 @@
+from cxrelay.fragments import FragmentJoiner
+
+SC = b"\x00\x00\x00\x01"
+
+
+def nal(kind: int, size: int) -> bytes:
+    return bytes([kind]) + bytes((i % 251) + 1 for i in range(size - 1))
+
+
+def packets_for(n: bytes, mtu: int = 1386) -> list[bytes]:
+    """What FFmpeg's RTP depacketizer hands over for one NAL unit."""
+    if len(n) <= mtu:
+        return [SC + n]
+    body = n[1:]
+    parts = [body[i:i + mtu] for i in range(0, len(body), mtu)]
+    return [SC + n[:1] + parts[0], *parts[1:]]
+
+
+def test_small_nal_units_pass_straight_through() -> None:
+    j = FragmentJoiner()
+    out = j.push(SC + nal(0x09, 2), 0, 1)
+    assert [c.data for c in out] == [SC + nal(0x09, 2)]
+    assert not j.pending
+
+
+def test_fragmented_nal_is_released_on_its_short_last_fragment() -> None:
+    j = FragmentJoiner()
+    big = nal(0x65, 5000)
+    pkts = packets_for(big)
+    results = [j.push(p, 90_000, i) for i, p in enumerate(pkts)]
+    assert all(r == [] for r in results[:-1])
+    (chunk,) = results[-1]
+    assert chunk.data == SC + big and chunk.pts_us == 90_000
+    assert chunk.ingest_us == len(pkts) - 1  # completed by the last packet
+    assert j.fragment_size == 1386
+    # Once learned, a first fragment is recognised as unfinished by its size.
+    second = nal(0x41, 3000)
+    pkts = packets_for(second)
+    assert j.push(pkts[0], 1, 1) == [] and j.pending
+    for p in pkts[1:-1]:
+        assert j.push(p, 1, 1) == []
+    assert [c.data for c in j.push(pkts[-1], 1, 1)] == [SC + second]
+
+
+def test_full_size_last_fragment_waits_for_next_packet_or_flush() -> None:
+    j = FragmentJoiner()
+    j.fragment_size = 1386
+    exact = nal(0x41, 1 + 2 * 1386)  # ends exactly on a fragment boundary
+    pkts = packets_for(exact)
+    for p in pkts:
+        assert j.push(p, 5, 5) == []
+    assert j.pending
+    (chunk,) = j.flush()
+    assert chunk.data == SC + exact
+    for p in pkts:
+        assert j.push(p, 6, 6) == []
+    out = j.push(SC + nal(0x09, 2), 7, 7)  # the next unit's AUD releases it
+    assert [c.data for c in out] == [SC + exact, SC + nal(0x09, 2)]
+    assert [c.pts_us for c in out] == [6, 7]
+
+
+def test_orphan_continuation_is_counted_and_dropped() -> None:
+    j = FragmentJoiner()
+    assert j.push(b"\x12\x34", 0, 0) == []
+    assert j.orphans == 1
+
+
+def test_large_unfragmented_nal_before_learning_is_held_not_lost() -> None:
+    j = FragmentJoiner()
+    n = nal(0x41, 1200)  # could be a first fragment: hold it
+    assert j.push(SC + n, 0, 0) == []
+    assert [c.data for c in j.push(SC + nal(0x09, 2), 40, 40)][0] == SC + n
