@@ -435,6 +435,10 @@ export class CxrelayPlayer extends HTMLElement {
     const type = mimeOf(codec);
     this._mInit = null; // init segment, built from the SPS/PPS of the next keyframe
     this._jump = true;
+    this._anchor = true; // map the new stream's pts onto our timeline at its first keyframe
+    this._pts = null;
+    this._dur = 3600; // frame duration (90 kHz ticks): 25 fps until pts deltas tell better
+    this._reorder = false; // B-frames seen: decode order differs from presentation order
     if (this._sb && this._type !== type) {
       try {
         this._sb.changeType(type);
@@ -460,7 +464,9 @@ export class CxrelayPlayer extends HTMLElement {
     this._type = type;
     this._sb.onupdateend = () => this._mseEdge();
     this._mq = [];
-    this._dts = 0; // our own decode timeline (90 kHz): continuous across reconnects
+    // Our own 90 kHz timeline, continuous across reconnects: the camera's clock restarts.
+    this._dts = -1;
+    this._end = 0; // highest presentation end time so far
     this._seq = 0;
     this._keys = []; // keyframe times (s): the buffer may only be trimmed up to one of them
     return true;
@@ -499,21 +505,37 @@ export class CxrelayPlayer extends HTMLElement {
     const ahead = this._mseAhead();
     if (!f.key && !f.cu && (this._mq.length > 20 || ahead > 3)) {
       this._needKey = true; // the video element can't keep up: skip to the next keyframe
+      this._anchor = true;
       return this._dropped++;
     }
-    const prev = this._pts;
-    this._pts = f.pts;
-    const d = f.pts - prev;
-    // sample duration from the pts delta; a sane default across gaps, jumps and B-frames
-    if (d > 0 && d < 1e6) this._dur = Math.round(d * 0.09);
-    const dur = this._dur || 3600;
-    if (f.key) this._keys.push(this._dts / 90000);
-    this._mq.push(fragment(++this._seq, this._dts, dur, f.key, nals));
-    this._dts += dur;
+    const dur = this._timing(f);
+    const comp = Math.round(this._c0 + (f.pts - this._p0) * 0.09);
+    // decode times: presentation times, held back by two frames when B-frames reorder them
+    const dts = Math.max(this._dts + 1, comp - (this._reorder ? 2 * this._dur : 0));
+    if (f.key) this._keys.push(comp / 90000);
+    this._mq.push(fragment(++this._seq, dts, comp - dts, dur, f.key, nals));
+    this._dts = dts;
+    this._end = Math.max(this._end, comp + dur);
     this._mLive = !f.cu;
     this._mIngest = f.ingest;
     if (f.key && !f.cu && this._jump === false && ahead > 1) this._jump = true; // after a skip
     this._msePump();
+  }
+
+  // Sample duration from pts deltas (the smallest one once B-frames show up); re-anchors the
+  // pts -> timeline mapping on a new stream, after a skip, or when the camera's clock jumps.
+  _timing(f) {
+    const d = this._pts === null ? 0 : (f.pts - this._pts) * 0.09;
+    this._pts = f.pts;
+    if (d < 0 && !f.key) this._reorder = true;
+    if (d > 450 && d < 90000) this._dur = Math.round(this._reorder ? Math.min(this._dur, d) : d);
+    const comp = this._c0 + (f.pts - this._p0) * 0.09;
+    if (f.key && (this._anchor || Math.abs(comp - this._end) > 90000)) {
+      this._anchor = false;
+      this._p0 = f.pts;
+      this._c0 = this._end;
+    }
+    return this._dur;
   }
 
   _msePump() {
@@ -637,14 +659,15 @@ function initSegment(sps, pps, width, height) {
 }
 
 // One moof+mdat per access unit, NAL units length-prefixed.
-function fragment(seq, dts, dur, key, nals) {
+function fragment(seq, dts, cts, dur, key, nals) {
   const data = concat(nals.flatMap((n) => [u32(n.length), n]));
   const mfhd = full('mfhd', 0, u32(seq));
   const tfhd = full('tfhd', 0x20000, u32(1)); // default-base-is-moof
   const tfdt = full('tfdt', 0x1000000, u32(Math.floor(dts / 2 ** 32)), u32(dts >>> 0));
   const moofLen = 8 + mfhd.length + 8 + tfhd.length + tfdt.length + 36;
-  const trun = full('trun', 0xf01, u32(1), u32(moofLen + 8), u32(dur), u32(data.length),
-    u32(key ? 0x2000000 : 0x1010000), u32(0));
+  // version 1: signed composition offsets
+  const trun = full('trun', 0x1000f01, u32(1), u32(moofLen + 8), u32(dur), u32(data.length),
+    u32(key ? 0x2000000 : 0x1010000), u32(cts));
   return concat([box('moof', mfhd, box('traf', tfhd, tfdt, trun)), box('mdat', data)]);
 }
 
