@@ -480,6 +480,7 @@ class Pps:
     constrained_intra_pred_flag: bool
     redundant_pic_cnt_present_flag: bool
     transform_8x8_mode_flag: bool = False
+    pic_scaling_matrix_present_flag: bool = False
 
 
 def parse_pps(nal: bytes, sps: Mapping[int, Sps] | None = None) -> Pps:
@@ -507,10 +508,11 @@ def parse_pps(nal: bytes, sps: Mapping[int, Sps] | None = None) -> Pps:
     deblocking = bits.flag()
     constrained_intra = bits.flag()
     redundant = bits.flag()
-    t8x8 = False
+    t8x8 = matrix = False
     if bits.more_rbsp_data():
         t8x8 = bits.flag()
-        if bits.flag():  # pic_scaling_matrix_present_flag
+        matrix = bits.flag()
+        if matrix:
             ref = (sps or {}).get(sps_id)
             chroma_444 = ref is not None and ref.chroma_format_idc == 3
             _skip_scaling_matrix(bits, 6 + (6 if chroma_444 else 2) * t8x8)
@@ -523,7 +525,7 @@ def parse_pps(nal: bytes, sps: Mapping[int, Sps] | None = None) -> Pps:
         weighted_bipred_idc=weighted_bipred, pic_init_qp=qp, chroma_qp_index_offset=chroma_qp,
         deblocking_filter_control_present_flag=deblocking,
         constrained_intra_pred_flag=constrained_intra, redundant_pic_cnt_present_flag=redundant,
-        transform_8x8_mode_flag=t8x8,
+        transform_8x8_mode_flag=t8x8, pic_scaling_matrix_present_flag=matrix,
     )
 
 

@@ -54,10 +54,11 @@ def frames(width: int, height: int, count: int, start: int = 0) -> Iterator[av.V
 
 
 def encode(width: int, height: int, count: int, profile: str, params: str, *,
-           start: int = 0, crf: int = 32) -> list[tuple[int, bytes, bool]]:
+           start: int = 0, crf: int = 32, pix_fmt: str = "yuv420p"
+           ) -> list[tuple[int, bytes, bool]]:
     """(pts_us, Annex B access unit, keyframe) in decode order."""
     enc = av.CodecContext.create("libx264", "w")
-    enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
+    enc.width, enc.height, enc.pix_fmt = width, height, pix_fmt
     enc.time_base = Fraction(1, FPS)
     enc.framerate = Fraction(FPS, 1)
     enc.options = {
@@ -67,7 +68,9 @@ def encode(width: int, height: int, count: int, profile: str, params: str, *,
         "x264-params": f"threads=1:scenecut=0:{params}",
     }
     out = []
-    for frame in [*frames(width, height, count, start), None]:
+    pictures = [f if pix_fmt == "yuv420p" else f.reformat(format=pix_fmt)
+                for f in frames(width, height, count, start)]
+    for frame in [*pictures, None]:
         for packet in enc.encode(frame):
             out.append((packet.pts * 1_000_000 // FPS, bytes(packet), packet.is_keyframe))
     return out
@@ -100,6 +103,20 @@ def record_encodes() -> None:
     third = encode(320, 180, 20, "main", "keyint=10:slices=3:bframes=0", start=40, crf=28)
     write("slice_change", first + second + third, kind="access_units",
           codec="avc1.4d400c", width=320, height=180)
+
+
+def record_variants() -> None:
+    """Tiny streams for the rarer SPS/PPS syntax: scaling matrices, 4:4:4
+    (12 scaling lists, crop units of one pixel), interlaced (MBAFF:
+    frame_mbs_only_flag 0, crop units of two rows per field)."""
+    write("variant_cqm", encode(128, 96, 8, "high", "keyint=4:cqm=jvt:bframes=1", crf=30),
+          kind="access_units", codec="avc1.64000a", width=128, height=96)
+    write("variant_444", encode(120, 90, 8, "high444", "keyint=4:cqm=jvt:bframes=0", crf=30,
+                                pix_fmt="yuv444p"),
+          kind="access_units", codec="avc1.f4000a", width=120, height=90)
+    write("variant_interlaced", encode(120, 88, 8, "high", "keyint=4:interlaced=1:bframes=1",
+                                       crf=30),
+          kind="access_units", codec="avc1.640015", width=120, height=88)
 
 
 def record_extradata_only() -> None:
@@ -172,14 +189,15 @@ def record_rtsp(seconds: float = 1.7) -> None:
     finally:
         server.terminate()
         server.wait(10)
-    # Start at the first AUD so the capture opens on a whole access unit.
-    first = next(i for i, (_, data, _) in enumerate(packets) if data[:5] == b"\0\0\0\x01\x09")
-    write("rtsp_gst", packets[first:], kind="rtp_packets", extradata=extradata.hex(),
+    # Keep whole access units only: from the first AUD to before the last one.
+    auds = [i for i, (_, data, _) in enumerate(packets) if data[:5] == b"\0\0\0\x01\x09"]
+    write("rtsp_gst", packets[auds[0]:auds[-1]], kind="rtp_packets", extradata=extradata.hex(),
           codec="avc1.42c01e", width=640, height=360)
 
 
 def main() -> None:
     record_encodes()
+    record_variants()
     record_extradata_only()
     if "--no-rtsp" not in sys.argv:
         record_rtsp()
