@@ -152,8 +152,15 @@ class OriginPolicy:
         except ValueError as exc:
             raise ValueError(f"allowed origin {entry[:80]!r}: {exc}") from None
 
-    def check(self, origin: str | None, host: str | None, tls: bool) -> str | None:
-        """None if a request with these headers may proceed, else a one-line reason."""
+    def check(self, origin: str | None, host: str | None, tls: bool,
+              forwarded_proto: str | None = None) -> str | None:
+        """None if a request with these headers may proceed, else a one-line reason.
+
+        ``forwarded_proto`` is the ``X-Forwarded-Proto`` header: behind a proxy
+        that terminates TLS, the page is https although cxrelay sees http.
+        Trusting it is safe here: a browser page cannot set that header on a
+        WebSocket, and anything that is not a browser can forge Origin anyway.
+        """
         if origin is None or self.allow_any:
             return None
         if origin.strip().lower() == "null":
@@ -162,18 +169,26 @@ class OriginPolicy:
             parsed = parse_origin(origin.strip())
         except ValueError:
             return "malformed Origin header"
-        if host is not None and self._same_origin(parsed, host, tls):
+        if host is not None and self._same_origin(parsed, host, _scheme(tls, forwarded_proto)):
             return None
         if any(_matches(pattern, parsed) for pattern in self.patterns):
             return None
         return f"origin {parsed} is not allowed"
 
     @staticmethod
-    def _same_origin(origin: Origin, host: str, tls: bool) -> bool:
+    def _same_origin(origin: Origin, host: str, scheme: str) -> bool:
         try:
-            return parse_host_header(host.strip(), tls) == origin
+            return parse_host_header(host.strip(), scheme == "https") == origin
         except ValueError:
             return False
+
+
+def _scheme(tls: bool, forwarded_proto: str | None) -> str:
+    if forwarded_proto:
+        first = forwarded_proto.split(",", 1)[0].strip().lower()  # the client-facing hop
+        if first in DEFAULT_PORTS:
+            return first
+    return "https" if tls else "http"
 
 
 # --- tokens -----------------------------------------------------------------------------------

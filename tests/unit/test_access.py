@@ -126,6 +126,25 @@ def test_origin_policy(allowed: tuple[str, ...], origin: str | None, host: str |
         assert "\n" not in reason and len(reason) < 200
 
 
+@pytest.mark.parametrize(("origin", "host", "proto", "expected"), [
+    # nginx terminates TLS and sends Host: $host, X-Forwarded-Proto: $scheme
+    ("https://cams.example.com", "cams.example.com", "https", True),
+    ("https://cams.example.com", "cams.example.com", "HTTPS", True),
+    ("https://cams.example.com", "cams.example.com", "https, http", True),
+    ("https://cams.example.com", "cams.example.com", None, False),
+    ("https://cams.example.com", "cams.example.com", "http", False),
+    ("https://cams.example.com", "cams.example.com", "gopher", False),
+    ("https://cams.example.com", "cams.example.com", "", False),
+    ("http://cams.example.com", "cams.example.com", "https", False),
+    ("https://cams.example.com:8443", "cams.example.com:8443", "https", True),
+    ("https://evil.example.com", "cams.example.com", "https", False),
+])
+def test_same_origin_behind_a_tls_proxy(origin: str, host: str, proto: str | None,
+                                        expected: bool) -> None:
+    reason = OriginPolicy().check(origin, host, tls=False, forwarded_proto=proto)
+    assert (reason is None) is expected, reason
+
+
 def test_origin_reasons_say_why() -> None:
     policy = OriginPolicy(("https://shop.example.com",))
     assert policy.check("https://evil.example.com", "relay", False) == \
@@ -150,10 +169,12 @@ def test_bad_patterns_are_rejected(pattern: str) -> None:
 @settings(max_examples=300, deadline=None)
 @given(origin=st.one_of(st.none(), st.text(max_size=80),
                         st.from_regex(r"\Ahttps?://[a-z0-9.*:\[\]-]{0,30}\Z")),
-       host=st.one_of(st.none(), st.text(max_size=40)), tls=st.booleans())
-def test_origin_check_never_raises(origin: str | None, host: str | None, tls: bool) -> None:
+       host=st.one_of(st.none(), st.text(max_size=40)), tls=st.booleans(),
+       proto=st.one_of(st.none(), st.text(max_size=10)))
+def test_origin_check_never_raises(origin: str | None, host: str | None, tls: bool,
+                                   proto: str | None) -> None:
     for policy in (OriginPolicy(), OriginPolicy(LISTED)):
-        reason = policy.check(origin, host, tls)
+        reason = policy.check(origin, host, tls, proto)
         assert reason is None or isinstance(reason, str)
 
 
