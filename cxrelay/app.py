@@ -19,11 +19,13 @@ from cxrelay.config import Config, ConfigError
 from cxrelay.hub import CameraHub
 from cxrelay.metrics import Metrics
 from cxrelay.protocol import CLOSE_GOING_AWAY
+from cxrelay.sdnotify import Notifier, status_line, watchdog_loop
 from cxrelay.server import RelayServer
 
 log = structlog.get_logger("cxrelay")
 
 SHUTDOWN_GRACE = 3.0  # seconds for viewers to close and sources to stop; SIGTERM exits < 5 s
+STATUS_EVERY = 5.0  # seconds between systemd STATUS= updates
 
 
 class Relay:
@@ -37,6 +39,8 @@ class Relay:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self.ready = asyncio.Event()
+        self.notifier = Notifier()
+        self._tasks: list[asyncio.Task[None]] = []
 
     # --- the three phases -----------------------------------------------------------------------
 
@@ -54,7 +58,26 @@ class Relay:
                  cameras=len(self.hubs), version=__version__)
         if not self.hubs:
             log.warning("no cameras configured", hint="use --camera NAME=URL, --demo or --config")
+        self.notifier.ready(self.status_line())
+        if (interval := self.notifier.watchdog_interval()) is not None:
+            # Fed from the loop itself: a stuck loop stops the pings and systemd restarts us.
+            self._tasks.append(loop.create_task(watchdog_loop(self.notifier, interval)))
+        if self.notifier.enabled:
+            self._tasks.append(loop.create_task(self._report_status()))
         self.ready.set()
+
+    async def _report_status(self) -> None:
+        last = ""
+        while True:
+            await asyncio.sleep(STATUS_EVERY)
+            if (line := self.status_line()) != last:
+                self.notifier.status(line)
+                last = line
+
+    def status_line(self) -> str:
+        live = sum(1 for h in self.hubs.values() if h.state == "live")
+        viewers = sum(len(h.viewers) for h in self.hubs.values())
+        return status_line(live, len(self.hubs), viewers)
 
     async def serve(self) -> None:
         while True:
@@ -66,10 +89,15 @@ class Relay:
             if self._stop.is_set():
                 return
             self._reload.clear()
+            self.notifier.reloading()
             await self.reload()
+            self.notifier.ready(self.status_line())
 
     async def shutdown(self) -> None:
         log.info("shutting down")
+        self.notifier.stopping()
+        for task in self._tasks:
+            task.cancel()
         if self.server is not None:
             self.server.close()  # stop accepting; viewers get 1001
         await asyncio.gather(

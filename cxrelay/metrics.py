@@ -3,8 +3,20 @@ own (so two relays in one process, as in tests, never collide)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import contextlib
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# *_created series double the output and mean nothing to a scraper of a daemon.
+disable_created_metrics()
 
 CAMERA_STATES = ("idle", "connecting", "live", "offline")
 
@@ -48,15 +60,11 @@ class Metrics:
     def remove_camera(self, name: str) -> None:
         for family in (self.reconnects, self.frames_in, self.bytes_in, self.keyframe_interval,
                        self.camera_viewers):
-            try:
+            with contextlib.suppress(KeyError):
                 family.remove(name)
-            except KeyError:
-                pass
         for state in CAMERA_STATES:
-            try:
+            with contextlib.suppress(KeyError):
                 self.camera_state.remove(name, state)
-            except KeyError:
-                pass
 
     def set_state(self, name: str, state: str) -> None:
         for s in CAMERA_STATES:

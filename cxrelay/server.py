@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -45,6 +44,12 @@ def static_routes(directory: Path = STATIC_DIR) -> dict[str, Path]:
     if "/index.html" in routes:
         routes["/"] = routes["/index.html"]
     return routes
+
+
+def request_path(target: str) -> str:
+    """The path of a request target, as sent: no normalisation, no decoding
+    ('//x' stays a path; urlsplit would read it as a host)."""
+    return target.split("?", 1)[0].split("#", 1)[0]
 
 
 def response(status: HTTPStatus, body: bytes, content_type: str,
@@ -130,7 +135,7 @@ class RelayServer:
     # --- plain HTTP ---------------------------------------------------------------------------
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = urlsplit(request.path).path
+        path = request_path(request.path)
         if path.startswith("/ws/"):
             return self._admit(connection, request, path[4:])
         if path == "/healthz":
@@ -174,7 +179,7 @@ class RelayServer:
     # --- viewers ------------------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
-        name = urlsplit(ws.request.path).path[4:] if ws.request else ""
+        name = request_path(ws.request.path)[4:] if ws.request else ""
         hub = self.hubs.get(name)
         if hub is None:  # removed by a reload during the handshake
             await ws.close(1001, "camera removed")

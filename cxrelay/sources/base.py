@@ -87,9 +87,8 @@ class Source:
     async def wait_stopped(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the thread to end; False if it is still
         blocked in a read (it is a daemon thread and will not hold up exit)."""
-        deadline = time.monotonic() + timeout
-        while self._thread.is_alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        if self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join, timeout)
         return not self._thread.is_alive()
 
     # --- called from the source thread ---

@@ -27,7 +27,7 @@ def describe(exc: BaseException) -> str:
     for kind, reason in _REASONS:
         if isinstance(exc, kind):
             return reason
-    if isinstance(exc, av.error.FFmpegError) or isinstance(exc, OSError):
+    if isinstance(exc, av.error.FFmpegError | OSError):
         return (exc.strerror or type(exc).__name__).strip()
     return type(exc).__name__
 

@@ -111,7 +111,7 @@ def test_errors_never_show_the_password(tmp_path: Path) -> None:
 
 
 def test_missing_file() -> None:
-    with pytest.raises(ConfigError, match="nope.toml: no such file"):
+    with pytest.raises(ConfigError, match=r"nope\.toml: no such file"):
         load_config("nope.toml")
 
 

@@ -69,4 +69,4 @@ def test_large_unfragmented_nal_before_learning_is_held_not_lost() -> None:
     j = FragmentJoiner()
     n = nal(0x41, 1200)  # could be a first fragment: hold it
     assert j.push(SC + n, 0, 0) == []
-    assert [c.data for c in j.push(SC + nal(0x09, 2), 40, 40)][0] == SC + n
+    assert next(c.data for c in j.push(SC + nal(0x09, 2), 40, 40)) == SC + n

@@ -1,0 +1,219 @@
+"""The relay core end to end: a real GStreamer RTSP camera in, real WebSocket
+viewers out (issue 2)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import socket
+from typing import Any
+
+import pytest
+
+from cxrelay.config import CameraConfig
+from cxrelay.h264 import NAL_IDR, NAL_PPS, NAL_SPS, nal_type, parse_sps, split_annexb
+from cxrelay.protocol import FLAG_CATCHUP, FLAG_DISCONTINUITY, FLAG_KEYFRAME, Frame
+from tests.camera.stamp import find_stamp
+from tests.support import (
+    aget,
+    api_camera,
+    is_frame,
+    is_init,
+    is_status,
+    make_config,
+    running_relay,
+    tcp_connections_to,
+    viewer,
+    wait_for,
+)
+
+pytestmark = pytest.mark.rtsp
+
+
+def types(frame: Frame) -> list[int]:
+    return [nal_type(n) for n in split_annexb(frame.payload)]
+
+
+async def first_live_frames(v: Any, count: int) -> tuple[dict[str, Any], list[Frame]]:
+    """Skip to init, then collect `count` frames (catch-up flags stripped)."""
+    seen = await v.until(is_init)
+    init = seen[-1]
+    frames: list[Frame] = []
+    while len(frames) < count:
+        m = await v.recv()
+        if isinstance(m, Frame):
+            frames.append(m)
+    return init, frames
+
+
+async def test_viewer_gets_init_then_keyframe_with_sps_pps_idr_then_frames(rtsp_camera) -> None:
+    cam = rtsp_camera(stamp=True, gop=25)
+    async with running_relay(make_config({"lobby": cam.url})) as relay, \
+            viewer(relay.server.port, "lobby") as v:
+        first = await v.recv()
+        if is_status("connecting")(first):  # joined before the camera was up
+            first = await v.recv()
+        assert is_init(first), first
+        assert first["protocol"] == 1 and first["camera"] == "lobby"
+        assert (first["width"], first["height"]) == (640, 360)
+        assert first["codec"].startswith("avc1.")
+        frames: list[Frame] = []
+        while len(frames) < 60:
+            m = await v.recv()
+            if isinstance(m, Frame):
+                frames.append(m)
+        key = frames[0]
+        assert key.flags & FLAG_KEYFRAME
+        kinds = types(key)
+        assert NAL_SPS in kinds and NAL_PPS in kinds and NAL_IDR in kinds
+        assert kinds.index(NAL_SPS) < kinds.index(NAL_IDR)
+        sps = parse_sps(next(n for n in split_annexb(key.payload) if nal_type(n) == NAL_SPS))
+        assert sps.codec == first["codec"]
+        # Continuous: every stamped camera frame, in order, none twice.
+        counters = [find_stamp(f.payload)[1] for f in frames]
+        assert counters == list(range(counters[0], counters[0] + len(counters)))
+        pts = [f.pts_us for f in frames]
+        assert all(b - a == 40_000 for a, b in itertools.pairwise(pts))
+        assert all(f.ingest_us > 1.6e15 for f in frames)
+
+
+async def test_sdp_only_parameter_sets_are_put_in_front_of_each_idr(rtsp_camera) -> None:
+    cam = rtsp_camera(params="sdp", gop=10)
+    async with running_relay(make_config({"cam": cam.url})) as relay, \
+            viewer(relay.server.port, "cam") as v:
+        _, frames = await first_live_frames(v, 25)
+        keyframes = [f for f in frames if f.flags & FLAG_KEYFRAME]
+        assert len(keyframes) >= 2
+        for key in keyframes:
+            kinds = types(key)
+            assert kinds.count(NAL_SPS) == 1 and kinds.count(NAL_PPS) == 1, kinds
+            assert kinds.index(NAL_PPS) < kinds.index(NAL_IDR)
+        for delta in (f for f in frames if not f.flags & FLAG_KEYFRAME):
+            assert NAL_SPS not in types(delta)
+
+
+async def test_camera_nal_units_arrive_unchanged(rtsp_camera) -> None:
+    """The test camera's marker SEI (wall clock + counter) passes through byte
+    for byte, with every other NAL unit the camera sent."""
+    cam = rtsp_camera(stamp=True, slices=2)
+    async with running_relay(make_config({"cam": cam.url})) as relay, \
+            viewer(relay.server.port, "cam") as v:
+        _, frames = await first_live_frames(v, 30)
+        for f in frames:
+            assert find_stamp(f.payload) is not None
+            kinds = types(f)
+            vcl = [k for k in kinds if k in (1, 5)]
+            assert len(vcl) == 2, kinds  # both slices of the picture, one message
+        # No two consecutive messages share a timestamp (no picture cut in two).
+        assert all(a.pts_us != b.pts_us for a, b in itertools.pairwise(frames))
+
+
+async def test_viewers_share_one_rtsp_session(rtsp_camera) -> None:
+    cam = rtsp_camera()
+    async with running_relay(make_config({"cam": cam.url})) as relay:
+        port = relay.server.port
+        async with viewer(port, "cam") as a, viewer(port, "cam") as b, viewer(port, "cam") as c:
+            for v in (a, b, c):
+                await v.until(is_frame)
+            assert (await api_camera(port, "cam"))["viewers"] == 3
+            assert tcp_connections_to(cam.port) == 1
+
+
+async def test_camera_restart_keeps_viewers_connected(rtsp_camera) -> None:
+    cam = rtsp_camera(gop=25)
+    camera = CameraConfig(name="cam", url=cam.url, read_timeout=2.0, open_timeout=2.0)
+    async with running_relay(make_config([camera])) as relay, \
+            viewer(relay.server.port, "cam") as v:
+        await v.until(is_frame)
+        cam.stop()
+        seen = await v.until(is_status("offline"), timeout=15)
+        assert seen[-1].get("reason")
+        cam.restart()
+        seen = await v.until(is_init, timeout=40)
+        assert not any(is_init(m) for m in seen[:-1])
+        after = await v.until(is_frame)
+        frame = after[-1]
+        assert frame.flags & FLAG_KEYFRAME and not frame.flags & FLAG_CATCHUP
+        assert any(is_status("live")(m) for m in after)
+        info = await api_camera(relay.server.port, "cam")
+        assert info["state"] == "live" and info["viewers"] == 1
+
+
+async def test_wrong_credentials_show_offline_without_the_password(rtsp_camera, capsys) -> None:
+    cam = rtsp_camera(user="admin", password="right-password")
+    url = cam.url_with("admin", "Wr0ng-Pa55word")
+    async with running_relay(make_config({"cam": url, "ok": cam.url_with(
+            "admin", "right-password")})) as relay:
+        port = relay.server.port
+
+        async def failed() -> bool:
+            return (await api_camera(port, "cam"))["state"] == "offline"
+
+        await wait_for(failed, timeout=20)
+        async with viewer(port, "cam") as v:
+            status = await v.recv_json()
+            assert status["type"] == "status" and status["state"] == "offline"
+            assert "401" in status["reason"]
+        info = await api_camera(port, "cam")
+        assert "401" in info["last_error"]
+        async with viewer(port, "ok") as good:  # the other camera is untouched
+            await good.until(is_frame)
+        _, api = await aget(port, "/api/cameras")
+        _, metrics = await aget(port, "/metrics")
+    out = capsys.readouterr()
+    for text in (api.decode(), metrics.decode(), out.out, out.err, json.dumps(info)):
+        assert "Wr0ng-Pa55word" not in text
+        assert "right-password" not in text
+
+
+async def test_slow_viewer_never_hurts_the_others(rtsp_camera) -> None:
+    """One viewer stops reading. The others get every frame; the relay holds
+    a bounded backlog for it and drops it back to keyframes."""
+    cam = rtsp_camera(stamp=True, bitrate=4000, gop=25)
+    config = make_config({"cam": cam.url}, viewer_max_delay=0.5, viewer_max_bytes=512 * 1024)
+    async with running_relay(config) as relay:
+        port = relay.server.port
+        async with viewer(port, "cam") as fast:
+            await fast.until(is_frame)
+            stalled = _stalled_client(port, "cam")
+            try:
+                frames: list[Frame] = []
+                while len(frames) < 150:  # 6 s at 25 fps
+                    m = await fast.recv()
+                    if isinstance(m, Frame):
+                        frames.append(m)
+                counters = [find_stamp(f.payload)[1] for f in frames]
+                assert counters == list(range(counters[0], counters[0] + len(counters)))
+                assert not any(f.flags & FLAG_DISCONTINUITY for f in frames)
+                hub = relay.hubs["cam"]
+                slow = next(v for v in hub.viewers if v.sent_frames < 100)
+                assert slow.backlog.overflows >= 1
+                assert slow.backlog.frame_bytes <= 512 * 1024
+                buffered = slow.ws.transport.get_write_buffer_size()
+                assert buffered <= 2 * 1024 * 1024
+            finally:
+                stalled.close()
+
+
+def _stalled_client(port: int, camera: str) -> socket.socket:
+    """A WebSocket client that completes the handshake and then never reads."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.sendall(
+        f"GET /ws/{camera} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    return s
+
+
+async def test_unknown_camera_is_404_before_upgrade(rtsp_camera) -> None:
+    cam = rtsp_camera()
+    async with running_relay(make_config({"cam": cam.url})) as relay:
+        status, body = await aget(relay.server.port, "/ws/nope")
+        assert status == 404 and b"nope" in body
+        status, body = await aget(relay.server.port, "/healthz")
+        assert status == 200 and json.loads(body)["status"] == "ok"
+        await asyncio.sleep(0)

@@ -1,0 +1,198 @@
+"""Test helpers: a real relay on a loopback port, and a protocol v1 client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+from cxrelay.app import Relay
+from cxrelay.config import CameraConfig, Config, ServerConfig
+from cxrelay.protocol import Frame, decode_frame
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_config(cameras: dict[str, str] | list[CameraConfig], **server: Any) -> Config:
+    cams = (
+        tuple(CameraConfig(name=n, url=u) for n, u in cameras.items())
+        if isinstance(cameras, dict)
+        else tuple(cameras)
+    )
+    return Config(server=replace(ServerConfig(host="127.0.0.1", port=0), **server), cameras=cams)
+
+
+@contextlib.asynccontextmanager
+async def running_relay(config: Config, **kwargs: Any) -> AsyncIterator[Relay]:
+    relay = Relay(config, **kwargs)
+    await relay.startup()
+    try:
+        yield relay
+    finally:
+        await relay.shutdown()
+
+
+class Viewer:
+    """A protocol v1 client that keeps every message it receives."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+
+    async def recv(self, timeout: float = 10.0) -> dict[str, Any] | Frame:
+        message = await asyncio.wait_for(self.ws.recv(), timeout)
+        if isinstance(message, str):
+            return json.loads(message)
+        return decode_frame(message)
+
+    async def recv_json(self, timeout: float = 10.0) -> dict[str, Any]:
+        message = await self.recv(timeout)
+        assert isinstance(message, dict), f"expected a text message, got a frame {message!r:.80}"
+        return message
+
+    async def recv_frame(self, timeout: float = 10.0) -> Frame:
+        message = await self.recv(timeout)
+        assert isinstance(message, Frame), f"expected a frame, got {message}"
+        return message
+
+    async def until(self, predicate: Any, timeout: float = 20.0) -> list[dict[str, Any] | Frame]:
+        """Read until predicate(message) holds; returns everything read, that one last."""
+        seen: list[dict[str, Any] | Frame] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            message = await self.recv(max(0.01, deadline - time.monotonic()))
+            seen.append(message)
+            if predicate(message):
+                return seen
+
+
+@contextlib.asynccontextmanager
+async def viewer(port: int, camera: str, **kwargs: Any) -> AsyncIterator[Viewer]:
+    async with connect(f"ws://127.0.0.1:{port}/ws/{camera}", compression=None,
+                       max_size=None, **kwargs) as ws:
+        yield Viewer(ws)
+
+
+def is_init(m: Any) -> bool:
+    return isinstance(m, dict) and m.get("type") == "init"
+
+
+def is_status(state: str) -> Any:
+    return lambda m: isinstance(m, dict) and m.get("type") == "status" and m["state"] == state
+
+
+def is_frame(m: Any) -> bool:
+    return isinstance(m, Frame)
+
+
+def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+async def aget(port: int, path: str) -> tuple[int, bytes]:
+    return await asyncio.to_thread(http_get, port, path)
+
+
+async def api_camera(port: int, name: str) -> dict[str, Any]:
+    _, body = await aget(port, "/api/cameras")
+    return next(c for c in json.loads(body) if c["name"] == name)
+
+
+async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(interval)
+
+
+class RelayProcess:
+    """`python -m cxrelay serve …` as a subprocess, for what only a process shows:
+    exit codes, signals, memory, log lines."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.args = ["serve", "--host", "127.0.0.1", "--port", str(self.port),
+                     "--log-format", "json", *args]
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> RelayProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cxrelay", *self.args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                _, err = self.proc.communicate()
+                raise AssertionError(f"cxrelay exited {self.proc.returncode}: {err.decode()}")
+            with contextlib.suppress(OSError):
+                if http_get(self.port, "/healthz", timeout=1)[0] == 200:
+                    return self
+            time.sleep(0.1)
+        raise AssertionError("cxrelay did not come up")
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> tuple[int, str, str]:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        return self.proc.returncode, out.decode(), err.decode()
+
+    def rss_kib(self) -> int:
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+
+@contextlib.contextmanager
+def relay_process(*args: str, **kwargs: Any) -> Iterator[RelayProcess]:
+    proc = RelayProcess(*args, **kwargs).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def tcp_connections_to(port: int) -> int:
+    """Established TCP connections to a local port, from /proc (IPv4 and IPv6)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                remote, state = fields[2], fields[3]
+                if state == "01" and int(remote.rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
