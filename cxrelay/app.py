@@ -154,7 +154,7 @@ class Relay:
         self.config = Config(server=self.config.server, cameras=new.cameras, auth=new.auth,
                              log=self.config.log, path=new.path)
         if self.server is not None:
-            self.server.config = self.config
+            self.server.apply(self.config)
         for name in removed:
             hub = self.hubs.pop(name)
             await hub.close(CLOSE_GOING_AWAY, "camera removed from the configuration")

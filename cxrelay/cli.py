@@ -110,3 +110,42 @@ def check_config(path: str) -> None:
         fail(str(exc))
     click.echo(f"{path}: OK, {len(config.cameras)} camera(s): "
                + ", ".join(c.name for c in config.cameras))
+
+
+@main.command()
+@click.option("--camera", "cameras", multiple=True, required=True, metavar="NAME",
+              help='A camera the token may watch (repeatable), or "*" for all.')
+@click.option("--ttl", default="1h", show_default=True,
+              help="Lifetime: seconds, or with a unit: 90s, 15m, 1h, 7d.")
+@click.option("--subject", help="Who the token is for (the `sub` claim, shown in logs).")
+@click.option("--config", "config_path", metavar="PATH", envvar="CXRELAY_CONFIG",
+              help="Take the secret from this file's [auth] section.  [env: CXRELAY_CONFIG]")
+@click.option("--secret-env", default="CXRELAY_AUTH_SECRET", show_default=True, metavar="VAR",
+              help="Otherwise, take the secret from this environment variable.")
+def token(cameras: tuple[str, ...], ttl: str, subject: str | None, config_path: str | None,
+          secret_env: str) -> None:
+    """Mint a viewer token (HS256 JWT) for the given cameras."""
+    import os
+
+    from cxrelay.access import mint_token, parse_duration
+
+    try:
+        lifetime = parse_duration(ttl)
+    except ValueError as exc:
+        fail(f"--ttl: {exc}")
+    if config_path:
+        try:
+            secret = load_config(config_path).auth.secret
+        except ConfigError as exc:
+            fail(str(exc))
+        if not secret:
+            fail(f"{config_path}: [auth] has no secret")
+    else:
+        secret = os.environ.get(secret_env)
+        if not secret:
+            fail(f"no secret: give --config PATH or set {secret_env}")
+    claim: str | tuple[str, ...] = "*" if "*" in cameras else cameras
+    try:
+        click.echo(mint_token(secret, claim, lifetime, subject))
+    except ValueError as exc:
+        fail(str(exc))

@@ -24,10 +24,18 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from cxrelay import __version__
+from cxrelay.access import (
+    AccessDenied,
+    Claims,
+    ConnectionLimiter,
+    OriginPolicy,
+    TokenVerifier,
+    token_from_request,
+)
 from cxrelay.config import Config
 from cxrelay.hub import CameraHub
 from cxrelay.metrics import Metrics
-from cxrelay.protocol import CLOSE_INTERNAL, CLOSE_UNSUPPORTED
+from cxrelay.protocol import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_UNSUPPORTED
 from cxrelay.viewer import Viewer
 
 log = structlog.get_logger("cxrelay.server")
@@ -82,12 +90,31 @@ class RelayServer:
 
     def __init__(self, config: Config, hubs: Mapping[str, CameraHub], metrics: Metrics,
                  status: Callable[[], dict[str, Any]]) -> None:
-        self.config = config
         self.hubs = hubs
         self.metrics = metrics
         self.status = status
         self.static = static_routes()
+        self.limiter = ConnectionLimiter(config.server.max_connections_per_client)
         self._server: Server | None = None
+        self._ssl: ssl.SSLContext | None = None
+        self._claims: dict[ServerConnection, Claims] = {}
+        self._closing: set[asyncio.Future[None]] = set()
+        self.apply(config)
+
+    def apply(self, config: Config) -> None:
+        """Take a (re)loaded configuration: origins and tokens apply to the next
+        request; the TLS certificate to the next handshake."""
+        self.config = config
+        self.origins = OriginPolicy(config.server.allowed_origins)
+        self.tokens = TokenVerifier(config.auth.secret) if config.auth.secret else None
+        self.limiter.max_per_client = config.server.max_connections_per_client
+        if self._ssl is not None and config.server.tls_cert:
+            try:
+                self._ssl.load_cert_chain(config.server.tls_cert, config.server.tls_key)
+                log.info("tls certificate loaded", cert=config.server.tls_cert)
+            except (OSError, ssl.SSLError) as exc:
+                log.error("tls certificate not reloaded, keeping the old one",
+                          cert=config.server.tls_cert, error=str(exc))
 
     async def start(self) -> None:
         cfg = self.config.server
@@ -112,6 +139,7 @@ class RelayServer:
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        self._ssl = context
         return context
 
     @property
@@ -141,7 +169,13 @@ class RelayServer:
         if path == "/healthz":
             return json_response(self.status())
         if path == "/api/cameras":
-            return json_response([hub.info() for hub in self.hubs.values()])
+            claims, refusal = self._check_token(request, None)
+            if refusal is not None:
+                return refusal
+            return json_response([hub.info() for hub in self.hubs.values()
+                                  if claims is None or claims.allows(hub.name)])
+        if path.startswith("/api/"):
+            return text_response(HTTPStatus.NOT_FOUND, "not found")
         if path == "/metrics":
             return response(HTTPStatus.OK, self.metrics.render(), self.metrics.content_type)
         if (file := self.static.get(path)) is not None:
@@ -160,21 +194,55 @@ class RelayServer:
         return response(HTTPStatus.OK, body, kind)
 
     def _admit(self, connection: ServerConnection, request: Request, name: str) -> Response | None:
-        """Decide before the upgrade whether this viewer may watch."""
+        """Decide before the upgrade whether this viewer may watch: origin (403),
+        token (401), camera (404), limits (503), in that order, so that nobody
+        without a token can learn which cameras exist."""
+        peer = _peer(connection)
+        headers = request.headers
+        reason = self.origins.check(headers.get("Origin"), headers.get("Host"),
+                                    tls=self._ssl is not None,
+                                    forwarded_proto=headers.get("X-Forwarded-Proto"))
+        if reason is not None:
+            return self._refuse(HTTPStatus.FORBIDDEN, reason, name, peer)
+        claims, refusal = self._check_token(request, name)
+        if refusal is not None:
+            return refusal
         hub = self.hubs.get(name)
         if hub is None:
             return text_response(HTTPStatus.NOT_FOUND, f"no camera named {name[:64]!r}")
         limit = hub.camera.max_viewers
         if limit and len(hub.viewers) >= limit:
-            log.info("viewer refused", camera=name, reason="camera viewer limit")
-            return text_response(HTTPStatus.SERVICE_UNAVAILABLE,
-                                 f"camera {name} has its maximum of {limit} viewers")
+            return self._refuse(HTTPStatus.SERVICE_UNAVAILABLE,
+                                f"camera {name} has its maximum of {limit} viewers", name, peer)
         total = self.config.server.max_viewers
         if total and sum(len(h.viewers) for h in self.hubs.values()) >= total:
-            log.info("viewer refused", camera=name, reason="server viewer limit")
-            return text_response(HTTPStatus.SERVICE_UNAVAILABLE,
-                                 f"the server has its maximum of {total} viewers")
+            return self._refuse(HTTPStatus.SERVICE_UNAVAILABLE,
+                                f"the server has its maximum of {total} viewers", name, peer)
+        per_client = self.limiter.max_per_client
+        if per_client and self.limiter.count(peer) >= per_client:
+            return self._refuse(HTTPStatus.SERVICE_UNAVAILABLE,
+                                f"too many connections from {peer} (maximum {per_client})",
+                                name, peer)
+        if claims is not None:
+            self._claims[connection] = claims
         return None
+
+    def _check_token(self, request: Request, camera: str | None
+                     ) -> tuple[Claims | None, Response | None]:
+        if self.tokens is None:
+            return None, None
+        try:
+            token = token_from_request(request.path, request.headers)
+            return self.tokens.verify(token, camera), None
+        except AccessDenied as exc:
+            log.info("request refused", path=request_path(request.path)[:100],
+                     reason=exc.reason, status=401)
+            return None, text_response(HTTPStatus.UNAUTHORIZED, exc.reason)
+
+    def _refuse(self, status: HTTPStatus, reason: str, camera: str, peer: str) -> Response:
+        log.info("viewer refused", camera=camera[:64], peer=peer, status=status.value,
+                 reason=reason)
+        return text_response(status, reason)
 
     # --- viewers ------------------------------------------------------------------------------
 
@@ -184,26 +252,43 @@ class RelayServer:
         if hub is None:  # removed by a reload during the handshake
             await ws.close(1001, "camera removed")
             return
+        claims = self._claims.pop(ws, None)
+        peer = _peer(ws)
+        if not self.limiter.acquire(peer):  # raced past the check in _admit
+            await ws.close(CLOSE_POLICY, "too many connections")
+            return
         viewer = Viewer(ws, hub.new_backlog(), self.metrics)
         vlog = log.bind(camera=name, viewer=viewer.id)
-        peer = ws.remote_address[0] if ws.remote_address else None
-        vlog.info("viewer joined", peer=peer)
+        vlog.info("viewer joined", peer=peer,
+                  **({"subject": claims.subject} if claims and claims.subject else {}))
         started = time.monotonic()
         hub.attach(viewer)
         self.metrics.viewers.inc()
-        pump = asyncio.get_running_loop().create_task(self._pump(ws, viewer, vlog))
+        loop = asyncio.get_running_loop()
+        pump = loop.create_task(self._pump(ws, viewer, vlog))
+        expiry = None
+        if claims is not None:
+            expiry = loop.call_later(max(0.0, claims.remaining()), self._expire, ws)
         reason = "closed"
         try:
             reason = await self._receive(ws)
         finally:
             pump.cancel()
+            if expiry is not None:
+                expiry.cancel()
             hub.detach(viewer)
+            self.limiter.release(peer)
             self.metrics.viewers.dec()
             if ws.close_code is not None and reason == "closed":
                 reason = f"closed {ws.close_code}" + (f" {ws.close_reason}" if ws.close_reason
                                                        else "")
             vlog.info("viewer left", reason=reason, frames=viewer.sent_frames,
                       seconds=round(time.monotonic() - started, 1))
+
+    def _expire(self, ws: ServerConnection) -> None:
+        task = asyncio.ensure_future(ws.close(CLOSE_POLICY, "token expired"))
+        self._closing.add(task)  # hold a reference until it's done
+        task.add_done_callback(self._closing.discard)
 
     async def _pump(self, ws: ServerConnection, viewer: Viewer, vlog: Any) -> None:
         try:
@@ -225,3 +310,8 @@ class RelayServer:
         except ConnectionClosed:
             pass
         return "closed"
+
+
+def _peer(connection: ServerConnection) -> str:
+    address = connection.remote_address
+    return str(address[0]) if address else "unknown"
