@@ -739,9 +739,8 @@ class AccessUnitAssembler:
         # A unit with fewer slices than the layout: lost slices, or the camera
         # now sends fewer. Held until the next unit tells which (same slices: emit both).
         self._held: _Picture | None = None
-        # The unit just emitted without seeing the next one start: (pts, last
-        # slice, layout to learn once the next slice shows it was whole).
-        self._prev: tuple[int, _Slice | None, tuple[int, ...] | None] | None = None
+        # The unit just emitted before the next one started: (pts, last slice).
+        self._prev: tuple[int, _Slice | None] | None = None
         self._discontinuity = False
         self.units = 0
         self.dropped_partial = 0
@@ -995,19 +994,17 @@ class AccessUnitAssembler:
     # --- completing units -------------------------------------------------------------------------
 
     def _after_emitted(self, info: _Slice, pts: int) -> None:
-        """First slice after a unit went out without its end being seen: was
-        that unit whole?"""
+        """First slice after a unit went out before the next one started: is
+        it more of that picture?"""
         prev = self._prev
         if prev is None:
             return
         self._prev = None
-        prev_pts, prev_last, layout = prev
+        prev_pts, prev_last = prev
         if pts == prev_pts and prev_last is not None and info.continues(prev_last):
-            # More of the picture just emitted: it was cut short (idle timer
-            # too short, or the learned layout is wrong). Learn nothing from it.
-            self._layout = None
-        elif layout is not None:
-            self._learn(layout)
+            # The unit was cut short (idle timer too short, or the learned
+            # layout is wrong): what was learned from it is wrong.
+            self._layout = self._last_layout = None
 
     def _learn(self, layout: tuple[int, ...]) -> None:
         if layout == self._last_layout:
@@ -1026,12 +1023,9 @@ class AccessUnitAssembler:
             self._prev = None
             return
         out.extend(units)
-        layout = tuple(cur.first_mbs)
-        if how == "boundary":
-            self._prev = None
-            self._learn(layout)
-        else:
-            self._prev = (cur.pts, cur.last, layout if how == "flush" else None)
+        self._learn(tuple(cur.first_mbs))
+        # Closed by the next unit's start, it was whole; else the next slice will tell.
+        self._prev = None if how == "boundary" else (cur.pts, cur.last)
 
     def _finish(self, cur: _Picture) -> list[AccessUnit]:
         """The units that closing ``cur`` lets out: none (dropped or held),

@@ -716,12 +716,15 @@ def test_trailing_nal_units_keep_their_order() -> None:
     the unit is already out, so they lead the next one. Nothing is lost or
     reordered on the wire."""
     aus = truth("baseline")
-    aus[10].nals.append(b"\x0c\xff\xff\x80")  # filler
+    filler = b"\x0c\xff\xff\x80"
+    aus[0].nals.append(filler)
+    aus[10].nals.append(filler)
     aus[24].nals.append(b"\x0a")  # end of sequence, before the IDR at 25
     asm = AccessUnitAssembler()
     units = feed(asm, aus).units
     assert len(units) == 60 and asm.dropped_partial == asm.dropped_corrupt == 0
     assert b"".join(u.data for u in units) == b"".join(au.data for au in aus)
+    assert units[0].data == aus[0].data  # layout unknown yet: the unit waited for the timer
     assert next(nal_type(n) for n in split_annexb(units[11].data)) == NAL_FILLER
     assert [nal_type(n) for n in split_annexb(units[25].data)][:3] == [
         NAL_END_SEQ, NAL_SPS, NAL_PPS]
@@ -883,3 +886,100 @@ def test_early_flush_with_a_known_layout_holds_the_unit() -> None:
     assert_units_match(fed.units, aus[11:])
     assert fed.units[0].discontinuity and asm.dropped_partial == 2
     assert asm.layout == (0, 240, 480, 680)
+
+
+# --- where units end ------------------------------------------------------------------------------
+
+
+def test_unit_ends_at_the_next_aud() -> None:
+    """No idle timer, no layout yet: the unit comes out as soon as the next
+    one visibly starts, here with its AUD (before its SEI and slices)."""
+    aus = truth("sei_aud")
+    fed = feed(AccessUnitAssembler(), aus, timer=False)
+    assert_units_match(fed.units, aus)
+    assert [nal_type(n) for n in aus[1].nals[:3]] == [NAL_AUD, NAL_SEI, NAL_SLICE]
+    assert fed.where[:2] == [(1, 0), (2, 0)]
+
+
+def test_new_timestamp_ends_the_unit() -> None:
+    aus = truth("slices4")
+    sei = aus[0].nals[2]
+    assert nal_type(sei) == NAL_SEI
+    asm = AccessUnitAssembler()
+    for nal in aus[0].nals:
+        assert asm.push(to_annexb([nal]), 0, 0) == []
+    # An SEI with the same timestamp may belong to either picture: wait.
+    assert asm.push(to_annexb([sei]), 0, 1) == []
+    # One with a new timestamp can only start the next unit: this one is done.
+    units = asm.push(to_annexb([sei]), 40000, 2)
+    assert [u.data for u in units] == [aus[0].data]
+    # The first SEI came after the last slice: it starts the next unit (7.4.1.2.3).
+    for nal in aus[1].nals:
+        asm.push(to_annexb([nal]), 40000, 3)
+    assert [u.data for u in asm.flush()] == [to_annexb([sei, sei, *aus[1].nals])]
+
+
+def test_new_timestamp_splits_slices_of_one_picture() -> None:
+    aus = truth("slices4")
+    asm = AccessUnitAssembler()
+    for nal in aus[0].nals[:5]:  # SPS, PPS, SEI, slices 0 and 240
+        assert asm.push(to_annexb([nal]), 0, 0) == []
+    units = asm.push(to_annexb([aus[0].nals[5]]), 40000, 1)
+    assert [u.slices for u in units] == [2]  # the timestamp says: another picture
+    assert asm.push(to_annexb([aus[0].nals[6]]), 40000, 1) == []
+    assert asm.flush() == [] and asm.dropped_partial == 1  # no first slice
+
+
+def test_first_slice_lost_with_one_timestamp() -> None:
+    """Only the slice headers tell the pictures apart: the next picture's
+    slices have another frame_num, so they don't join the one before."""
+    aus = truth("slices4")
+    damaged = without(aus, 1, 0)
+    asm = AccessUnitAssembler()
+    units = asm.push(b"".join(au.data for au in damaged), 0, 0) + asm.flush()
+    assert [u.data for u in units] == [au.data for au in aus[:1] + aus[2:]]
+    assert asm.dropped_partial == 1 and units[1].discontinuity
+
+
+def test_without_parameter_sets_first_mb_zero_splits_pictures() -> None:
+    """With no SPS/PPS the headers can't be read past pps_id; a slice with
+    first_mb_in_slice 0 still starts a new picture."""
+    aus = strip(truth("slices4"), (NAL_SPS, NAL_PPS))
+    asm = AccessUnitAssembler()
+    units = asm.push(b"".join(au.data for au in aus), 0, 0) + asm.flush()
+    p_frames = [au for au in aus if not au.keyframe]
+    assert [u.data for u in units] == [au.data for au in p_frames]
+    assert all(u.sps is None and u.slices == 4 for u in units)
+    assert asm.dropped_no_parameter_sets == 3
+
+
+def test_new_sps_forgets_the_layout() -> None:
+    aus = truth("slices4")
+    asm = AccessUnitAssembler()
+    feed(asm, aus[:5])
+    assert asm.layout == (0, 240, 480, 680)
+    same = aus[0].nals[0]
+    asm.push(to_annexb([same]), 200000, 0)
+    assert asm.layout == (0, 240, 480, 680)
+    other = truth("baseline")[0].nals[0]  # another SPS with id 0: a new sequence
+    asm.push(to_annexb([other]), 200000, 0)
+    assert asm.layout is None and not asm.slice_count_known
+
+
+def test_wrong_layout_is_unlearned_when_more_slices_come() -> None:
+    """Two-slice pictures taught the layout (0, 240); then the camera sends
+    four slices again. The first of them goes out cut at 240 (nothing could
+    tell), its other slices show the layout wrong, and it is relearned."""
+    aus = truth("slices4")
+    two = [Au(au.pts, au.nals[:-2], au.keyframe) if 5 <= index < 10 else au
+           for index, au in enumerate(aus)]
+    asm = AccessUnitAssembler()
+    fed = feed(asm, two)
+    assert_units_match(fed.units[:10], two[:10])
+    assert fed.units[10].data == to_annexb(aus[10].nals[:2])  # cut short
+    assert_units_match(fed.units[11:], aus[11:])
+    assert asm.dropped_partial == 1 and fed.units[11].discontinuity
+    assert asm.layout == (0, 240, 480, 680)
+    # 5 and 6 follow the old layout as far as they go: they wait for the next
+    # unit, not for the timer; the straggling slices of 10 need it.
+    assert fed.flushes == [0, 1, 10, 11, 12]
