@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -305,3 +306,63 @@ def test_relay_runs_under_the_units_seccomp_filters(
     errors = proc.stderr.read()
     assert "Operation not permitted" not in errors
     assert "Traceback" not in errors
+
+
+# --- the relay's side of Type=notify, against a stand-in for systemd ------------------------
+
+
+class FakeSystemd:
+    """The AF_UNIX datagram socket systemd listens on, as $NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(30)
+
+    def next(self) -> dict[str, str]:
+        data = self.sock.recv(4096).decode()
+        return dict(line.split("=", 1) for line in data.split("\n") if line)
+
+    def until(self, key: str) -> dict[str, str]:
+        """The next message with ``key``, skipping others (watchdog pings, status)."""
+        while True:
+            message = self.next()
+            if key in message:
+                return message
+
+
+def test_relay_speaks_sd_notify(tmp_path: Path) -> None:
+    """READY once listening, watchdog pings from the loop, RELOADING/READY
+    around SIGHUP, STOPPING on SIGTERM: what Type=notify and WatchdogSec=
+    in the unit rely on."""
+    systemd = FakeSystemd(tmp_path / "notify")
+    config = tmp_path / "cxrelay.toml"
+    config.write_text('[server]\nport = 0\n\n[[camera]]\nname = "demo"\nurl = "demo://"\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": str(systemd.path),
+           "WATCHDOG_USEC": "400000", "CXRELAY_LOG_FORMAT": "json"}
+    env.pop("WATCHDOG_PID", None)
+    proc = subprocess.Popen([sys.executable, "-m", "cxrelay", "serve", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=ROOT)
+    try:
+        ready = systemd.until("READY")
+        assert ready["READY"] == "1"
+        assert re.fullmatch(r"[01]/1 camera live, 0 viewers", ready["STATUS"]), ready
+        assert systemd.until("WATCHDOG") == {"WATCHDOG": "1"}
+        assert systemd.until("WATCHDOG") == {"WATCHDOG": "1"}
+
+        proc.send_signal(signal.SIGHUP)
+        reloading = systemd.until("RELOADING")
+        assert reloading["RELOADING"] == "1"
+        assert int(reloading["MONOTONIC_USEC"]) > 0
+        assert systemd.until("READY")["READY"] == "1"
+
+        proc.send_signal(signal.SIGTERM)
+        assert systemd.until("STOPPING")["STOPPING"] == "1"
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        systemd.sock.close()

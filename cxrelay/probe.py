@@ -1,0 +1,359 @@
+"""``cxrelay probe``: what an installer needs to know about a camera.
+
+Connects exactly as the relay does (same PyAV options, H.264 parser off),
+reads for a few seconds without decoding, and measures what matters for live
+viewing: codec, profile and level, size, frame rate, keyframe interval,
+bitrate, where the parameter sets come from, and how long a viewer waits.
+
+Blocking: it runs PyAV in the calling thread. Credentials never appear in a
+report: the URL is redacted and every error text is scrubbed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cxrelay.config import TRANSPORTS, validate_url
+from cxrelay.h264 import (
+    NAL_IDR,
+    NAL_PPS,
+    NAL_SLICE,
+    NAL_SPS,
+    H264Error,
+    Sps,
+    nal_type,
+    parse_extradata,
+    parse_sps,
+    split_annexb,
+)
+from cxrelay.redact import redact_text, redact_url, url_secrets
+from cxrelay.sources.base import SourceError
+from cxrelay.sources.pyav import describe, open_input, video_stream
+from cxrelay.sources.rtsp import rtsp_options
+
+__all__ = ["ProbeReport", "format_report", "level_name", "probe", "profile_name"]
+
+# Past this, a viewer who joins when the GOP cache can't help waits too long.
+LONG_KEYFRAME_INTERVAL = 4.0
+# What browsers' H.264 decoders reliably take (Constrained Baseline, Main, High).
+BROWSER_PROFILES = frozenset({66, 77, 100})
+_VCL = frozenset(range(NAL_SLICE, NAL_IDR + 1))
+_CONSTRAINT_SET1, _CONSTRAINT_SET3, _CONSTRAINT_SET4, _CONSTRAINT_SET5 = 0x40, 0x10, 0x08, 0x04
+
+
+@dataclass
+class ProbeReport:
+    url: str  # always redacted
+    transport: str
+    ok: bool = False
+    error: str | None = None  # one line, scrubbed of credentials
+    connect_seconds: float | None = None  # until the camera streams (DESCRIBE, SETUP, PLAY)
+    first_keyframe_seconds: float | None = None  # from the start, connecting included
+    seconds_read: float = 0.0
+    codec: str | None = None  # RFC 6381 ("avc1.64001f") for H.264; else FFmpeg's name
+    profile: str | None = None  # "High", "Constrained Baseline", ...
+    level: str | None = None  # "3.1"
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None  # measured from the timestamps
+    sps_fps: float | None = None  # declared in the SPS (VUI timing), if at all
+    keyframe_interval_seconds: float | None = None  # the longest seen
+    keyframe_interval_frames: int | None = None  # frames in that interval
+    keyframes: int = 0
+    frames: int = 0
+    bitrate: int | None = None  # bits per second, measured
+    params_inband: bool = False  # SPS and PPS seen in the stream itself
+    params_in_sdp: bool = False  # SPS and PPS in the SDP (sprop-parameter-sets)
+    b_frames: bool = False  # frames come out of presentation order
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, float):
+                data[key] = round(value, 3)
+        return data
+
+
+# --- names ------------------------------------------------------------------------------------
+
+_PROFILES = {
+    66: "Baseline", 77: "Main", 88: "Extended", 100: "High", 110: "High 10",
+    122: "High 4:2:2", 244: "High 4:4:4 Predictive", 44: "CAVLC 4:4:4 Intra",
+    83: "Scalable Baseline", 86: "Scalable High", 118: "Multiview High", 128: "Stereo High",
+}
+
+
+def profile_name(profile_idc: int, constraint_flags: int = 0) -> str:
+    """The H.264 profile's name (Annex A), constraint flags considered."""
+    if profile_idc == 66 and constraint_flags & _CONSTRAINT_SET1:
+        return "Constrained Baseline"
+    if profile_idc == 100 and constraint_flags & _CONSTRAINT_SET4:
+        both = _CONSTRAINT_SET4 | _CONSTRAINT_SET5
+        return "Constrained High" if constraint_flags & both == both else "Progressive High"
+    return _PROFILES.get(profile_idc, f"profile {profile_idc}")
+
+
+def level_name(level_idc: int, profile_idc: int = 0, constraint_flags: int = 0) -> str:
+    """"3.1" for level_idc 31; "1b" has two spellings (A.3.1, A.3.2)."""
+    if level_idc == 9 or (
+        level_idc == 11 and profile_idc in (66, 77, 88) and constraint_flags & _CONSTRAINT_SET3
+    ):
+        return "1b"
+    major, minor = divmod(level_idc, 10)
+    return f"{major}.{minor}" if minor else str(major)
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Unit:
+    pts: float | None  # seconds
+    keyframe: bool
+
+
+class _Meter:
+    """Watches packets as the relay gets them: with FFmpeg's parser off, one
+    or a few NAL units per packet, or a fragment of one (FU-A)."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.bytes = 0
+        self.units: list[_Unit] = []
+        self.sps: Sps | None = None
+        self.sps_seen = False
+        self.pps_seen = False
+        self.first_keyframe_at: float | None = None
+
+    def packet(self, data: bytes, pts: float | None, now: float) -> None:
+        self.bytes += len(data)
+        types: list[int] = []
+        for nal in split_annexb(data):
+            kind = nal_type(nal)
+            types.append(kind)
+            if kind == NAL_SPS:
+                self.sps_seen = True
+                self.sps = _parse_sps(nal) or self.sps
+            elif kind == NAL_PPS:
+                self.pps_seen = True
+        if not any(t in _VCL for t in types):
+            return  # parameter sets, SEI, or the tail of a fragmented slice
+        idr = NAL_IDR in types
+        # All slices of a picture carry its RTP timestamp: a new one starts a picture.
+        if pts is None or not self.units or pts != self.units[-1].pts:
+            self.units.append(_Unit(pts, idr))
+        elif idr:
+            self.units[-1].keyframe = True
+        if idr and self.first_keyframe_at is None:
+            self.first_keyframe_at = now - self.started
+
+    def fill(self, report: ProbeReport, wall_seconds: float) -> None:
+        report.frames = len(self.units)
+        report.keyframes = sum(u.keyframe for u in self.units)
+        report.first_keyframe_seconds = self.first_keyframe_at
+        report.params_inband = self.sps_seen and self.pps_seen
+        stamps = [u.pts for u in self.units if u.pts is not None]
+        report.b_frames = any(b < a for a, b in itertools.pairwise(stamps))
+        distinct = sorted(set(stamps))
+        if len(distinct) >= 2 and distinct[-1] > distinct[0]:
+            report.fps = (len(distinct) - 1) / (distinct[-1] - distinct[0])
+        self._keyframe_interval(report)
+        duration = report.frames / report.fps if report.fps else wall_seconds
+        if self.bytes and duration > 0:
+            report.bitrate = round(self.bytes * 8 / duration)
+
+    def _keyframe_interval(self, report: ProbeReport) -> None:
+        keys = [i for i, u in enumerate(self.units) if u.keyframe]
+        longest: tuple[float, int] | None = None
+        for a, b in itertools.pairwise(keys):
+            start, end = self.units[a].pts, self.units[b].pts
+            if start is None or end is None:
+                continue
+            interval = (end - start, b - a)
+            if longest is None or interval > longest:
+                longest = interval
+        if longest is not None:
+            report.keyframe_interval_seconds, report.keyframe_interval_frames = longest
+
+
+def _parse_sps(nal: bytes) -> Sps | None:
+    try:
+        return parse_sps(nal)
+    except H264Error:
+        return None
+
+
+def _sdp_parameter_sets(extradata: bytes) -> tuple[bool, Sps | None]:
+    """Whether the SDP carried both SPS and PPS, and its SPS."""
+    try:
+        nals = parse_extradata(extradata)
+    except H264Error:
+        return False, None
+    types = [nal_type(n) for n in nals]
+    sps = next((s for n in nals if nal_type(n) == NAL_SPS if (s := _parse_sps(n))), None)
+    return NAL_SPS in types and NAL_PPS in types, sps
+
+
+def _describe_sps(report: ProbeReport, sps: Sps) -> None:
+    report.codec = sps.codec
+    report.profile = profile_name(sps.profile_idc, sps.constraint_flags)
+    report.level = level_name(sps.level_idc, sps.profile_idc, sps.constraint_flags)
+    report.width, report.height = sps.width, sps.height
+    report.sps_fps = sps.fps
+    if sps.max_num_reorder_frames:
+        report.b_frames = True
+
+
+# --- probing ----------------------------------------------------------------------------------
+
+
+def probe(
+    url: str, *, seconds: float = 5.0, transport: str = "tcp", timeout: float = 10.0
+) -> ProbeReport:
+    """Connect to an RTSP camera as the relay would and measure its stream for
+    ``seconds``. Never raises for a camera problem: see ``report.error``."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
+    report = ProbeReport(url=redact_url(url), transport=transport)
+    secrets = url_secrets(url)
+    if problem := _url_problem(url):
+        report.error = redact_text(problem, secrets)
+        return report
+    started = time.monotonic()
+    try:
+        container = open_input(url, options=rtsp_options(transport, timeout, parser=False),
+                               open_timeout=timeout, read_timeout=timeout)
+    except SourceError as exc:
+        report.error = redact_text(str(exc), secrets)
+        return report
+    report.connect_seconds = time.monotonic() - started
+    meter = _Meter(started)
+    try:
+        _read(container, report, meter, seconds)
+    except SourceError as exc:
+        report.error = redact_text(str(exc), secrets)
+    except Exception as exc:  # whatever FFmpeg throws mid-stream: a reason, no URL
+        report.error = redact_text(describe(exc), secrets)
+    finally:
+        container.close()
+    meter.fill(report, report.seconds_read)
+    if meter.sps is not None:
+        _describe_sps(report, meter.sps)  # what the stream uses beats what the SDP said
+    if report.error is None and report.frames == 0:
+        report.error = f"no video in {report.seconds_read:.1f} s"
+    report.ok = report.error is None
+    report.warnings = _warnings(report)
+    return report
+
+
+def _url_problem(url: str) -> str | None:
+    if problem := validate_url(url):
+        return problem
+    if not url.lower().startswith(("rtsp://", "rtsps://")):
+        return "probe takes an rtsp:// or rtsps:// URL"
+    return None
+
+
+def _read(container: Any, report: ProbeReport, meter: _Meter, seconds: float) -> None:
+    video = container.streams.video
+    if video:
+        report.codec = video[0].codec_context.name  # replaced by avc1.* once the SPS is known
+    stream = video_stream(container)  # SourceError for no video, or not H.264
+    report.params_in_sdp, sdp_sps = _sdp_parameter_sets(
+        bytes(stream.codec_context.extradata or b""))
+    if sdp_sps is not None:
+        _describe_sps(report, sdp_sps)
+    time_base = stream.time_base
+    begin = time.monotonic()
+    try:
+        for packet in container.demux(stream):
+            now = time.monotonic()
+            if packet.size:
+                pts = packet.pts if packet.pts is not None else packet.dts
+                meter.packet(bytes(packet), float(pts * time_base) if pts is not None else None,
+                             now)
+            if now - begin >= seconds:
+                break
+        else:
+            raise SourceError("end of stream")
+    finally:
+        report.seconds_read = time.monotonic() - begin
+
+
+def _warnings(r: ProbeReport) -> list[str]:
+    out: list[str] = []
+    if r.frames and not r.keyframes:
+        out.append(f"no keyframe in {r.seconds_read:.1f} s: viewers see nothing until one "
+                   "comes; set the camera's keyframe (I-frame) interval to 1-2 s")
+    elif r.keyframes == 1 and r.keyframe_interval_seconds is None:
+        out.append(f"one keyframe in {r.seconds_read:.1f} s: the keyframe interval is longer "
+                   "than that; probe longer (--seconds) to measure it, and aim for 1-2 s")
+    if r.keyframe_interval_seconds and r.keyframe_interval_seconds > LONG_KEYFRAME_INTERVAL:
+        out.append(f"keyframes only every {r.keyframe_interval_seconds:.1f} s: a new viewer "
+                   "may wait that long for a picture; 1-2 s is best for live viewing")
+    if r.frames and not (r.params_inband or r.params_in_sdp):
+        out.append("no SPS/PPS seen, neither in the stream nor in the SDP: browsers "
+                   "cannot decode this stream")
+    if r.b_frames:
+        out.append("the stream has B-frames, which add delay: turn them off in the camera "
+                   "if you can (a Baseline or Main profile, 'low latency' mode)")
+    if r.codec and r.codec.startswith("avc1.") and r.profile and \
+            int(r.codec[5:7], 16) not in BROWSER_PROFILES:
+        out.append(f"{r.profile} profile: browsers may not decode it; use Baseline, Main "
+                   "or High")
+    if r.fps and r.sps_fps and abs(r.fps - r.sps_fps) > 0.2 * r.sps_fps:
+        out.append(f"the camera sends {r.fps:.1f} fps but declares {r.sps_fps:g} fps")
+    return out
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def format_report(report: ProbeReport) -> str:
+    """The report for people, one fact per line."""
+    r = report
+    lines = [("camera", r.url), ("result", "OK" if r.ok else f"FAILED: {r.error}"),
+             ("transport", r.transport)]
+    if r.connect_seconds is not None:
+        lines.append(("connect", f"{r.connect_seconds:.2f} s"))
+    if r.first_keyframe_seconds is not None:
+        lines.append(("first keyframe", f"after {r.first_keyframe_seconds:.2f} s"))
+    if r.codec:
+        detail = f"H.264 {r.profile}, level {r.level} ({r.codec})" if r.profile else r.codec
+        lines.append(("codec", detail))
+    if r.width and r.height:
+        lines.append(("size", f"{r.width}x{r.height}"))
+    if r.fps or r.sps_fps:
+        parts = [f"{r.fps:.2f} measured" if r.fps else "not measured"]
+        if r.sps_fps:
+            parts.append(f"{r.sps_fps:g} declared in the SPS")
+        lines.append(("frame rate", ", ".join(parts)))
+    if r.keyframe_interval_seconds is not None:
+        lines.append(("keyframes", f"every {r.keyframe_interval_seconds:.2f} s "
+                                   f"({r.keyframe_interval_frames} frames)"))
+    elif r.frames:
+        lines.append(("keyframes", f"{r.keyframes} in {r.seconds_read:.1f} s"))
+    if r.bitrate:
+        lines.append(("bitrate", f"{r.bitrate / 1e6:.2f} Mbit/s"))
+    if r.frames:
+        lines.append(("SPS/PPS", _params_text(r)))
+        lines.append(("B-frames", "yes" if r.b_frames else "no"))
+        lines.append(("read", f"{r.frames} frames in {r.seconds_read:.1f} s"))
+    width = max(len(k) for k, _ in lines)
+    text = [f"{key:<{width}}  {value}" for key, value in lines]
+    text += [f"warning: {w}" for w in r.warnings]
+    return "\n".join(text)
+
+
+def _params_text(r: ProbeReport) -> str:
+    if r.params_inband and r.params_in_sdp:
+        return "in the stream and in the SDP"
+    if r.params_inband:
+        return "in the stream only"
+    if r.params_in_sdp:
+        return "in the SDP only"
+    return "missing"
