@@ -417,14 +417,18 @@ class ConnectionLimiter:
         self.max_per_client = max_per_client
         self._open: dict[str, int] = {}
 
+    def allows(self, address: str) -> bool:
+        """Whether one more connection from ``address`` would be accepted
+        (a check before the upgrade; count it with acquire once it is open)."""
+        return not self.max_per_client or self.count(address) < self.max_per_client
+
     def acquire(self, address: str) -> bool:
         """Count one more connection from ``address``; False (and nothing
         counted) if it already has its maximum."""
-        key = client_key(address)
-        count = self._open.get(key, 0)
-        if self.max_per_client and count >= self.max_per_client:
+        if not self.allows(address):
             return False
-        self._open[key] = count + 1
+        key = client_key(address)
+        self._open[key] = self._open.get(key, 0) + 1
         return True
 
     def release(self, address: str) -> None:

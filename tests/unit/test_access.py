@@ -441,7 +441,9 @@ def test_parse_duration_rejects(text: str) -> None:
 
 def test_limiter_counts_per_address() -> None:
     limiter = ConnectionLimiter(2)
+    assert limiter.allows("10.0.0.1")
     assert limiter.acquire("10.0.0.1") and limiter.acquire("10.0.0.1")
+    assert not limiter.allows("10.0.0.1") and limiter.allows("10.0.0.2")
     assert not limiter.acquire("10.0.0.1")
     assert limiter.count("10.0.0.1") == 2  # a refusal is not counted
     assert limiter.acquire("10.0.0.2")
@@ -476,6 +478,7 @@ def test_limiter_forgets_idle_clients() -> None:
 def test_limiter_zero_is_unlimited() -> None:
     limiter = ConnectionLimiter(0)
     assert all(limiter.acquire("127.0.0.1") for _ in range(1000))
+    assert limiter.allows("127.0.0.1")
     assert limiter.count("127.0.0.1") == 1000
     with pytest.raises(ValueError):
         ConnectionLimiter(-1)
