@@ -7,7 +7,7 @@
 // Give it to the page: <cxrelay-player token="..."> sends it as ?token=, or
 // set the cxrelay_token cookie.
 //
-//   CXRELAY_SECRET=... node mint_token.mjs lobby door --ttl 3600 --subject kiosk-1
+//   CXRELAY_AUTH_SECRET=... node mint_token.mjs lobby door --ttl 3600 --subject kiosk-1
 //
 // In your app: import { mintToken } from './mint_token.mjs';
 
@@ -38,7 +38,7 @@ function main(args) {
   const cameras = [];
   let ttl = 3600;
   let subject;
-  let secretEnv = 'CXRELAY_SECRET';
+  let secretEnv = 'CXRELAY_AUTH_SECRET';
   for (let i = 0; i < args.length; i++) {
     if (args[i] === '--ttl') ttl = Number(args[++i]);
     else if (args[i] === '--subject') subject = args[++i];
@@ -47,7 +47,7 @@ function main(args) {
   }
   const secret = env[secretEnv];
   if (!secret || cameras.length === 0 || !(ttl > 0)) {
-    console.error('usage: CXRELAY_SECRET=... node mint_token.mjs CAMERA... ' +
+    console.error('usage: CXRELAY_AUTH_SECRET=... node mint_token.mjs CAMERA... ' +
       '[--ttl SECONDS] [--subject WHO] [--secret-env VAR]');
     exit(2);
   }

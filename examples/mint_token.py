@@ -10,7 +10,7 @@ its token expires is disconnected (close code 1008), and the player waits for
 a new one.
 
     pip install PyJWT
-    CXRELAY_SECRET=... python3 mint_token.py lobby door --ttl 3600 --subject kiosk-1
+    CXRELAY_AUTH_SECRET=... python3 mint_token.py lobby door --ttl 3600 --subject kiosk-1
 
 Equivalent to ``cxrelay token --camera lobby --camera door --ttl 1h``.
 """
@@ -43,7 +43,7 @@ def main() -> int:
     parser.add_argument("cameras", nargs="+", help='camera names, or "*" for all')
     parser.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
     parser.add_argument("--subject", help="who the token is for (optional)")
-    parser.add_argument("--secret-env", default="CXRELAY_SECRET",
+    parser.add_argument("--secret-env", default="CXRELAY_AUTH_SECRET",
                         help="environment variable holding the secret")
     args = parser.parse_args()
     secret = os.environ.get(args.secret_env)
