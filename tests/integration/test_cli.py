@@ -1,0 +1,131 @@
+"""The command line as an operator meets it: exit codes, one-line errors,
+signals, environment variables."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from cxrelay import __version__
+from tests.support import RelayProcess, free_port, http_get, relay_process
+
+
+def cxrelay(*args: str, timeout: float = 20, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cxrelay", *args], capture_output=True,
+                          text=True, timeout=timeout, **kw)  # type: ignore[call-overload]
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_version() -> None:
+    result = cxrelay("--version")
+    assert result.returncode == 0 and __version__ in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["serve", "--camera", "lobby"], "expected NAME=URL"),
+        (["serve", "--camera", "a b=rtsp://h/x"], "invalid camera name"),
+        (["serve", "--camera", "x=http://u:hunter22@h/x"], "unsupported scheme 'http'"),
+        (["serve", "--config", "/nonexistent.toml"], "/nonexistent.toml: no such file"),
+        (["serve", "--demo", "--camera", "demo=rtsp://h/x"], "duplicate camera name"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args: list[str], expected: str) -> None:
+    result = cxrelay(*args)
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert expected in line
+    assert "hunter22" not in result.stderr + result.stdout
+
+
+def test_click_usage_error_exits_2() -> None:
+    result = cxrelay("serve", "--port", "99999")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_bad_config_file_exit_2_names_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\nport = "eighty"\n')
+    result = cxrelay("serve", "--config", str(path))
+    assert result.returncode == 2
+    assert one_line_error(result) == \
+        f"cxrelay: error: {path}: server.port: expected an integer, got a string"
+    check = cxrelay("check-config", str(path))
+    assert check.returncode == 2 and "server.port" in check.stderr
+    path.write_text('[[camera]]\nname = "a"\nurl = "rtsp://h/x"\n')
+    assert cxrelay("check-config", str(path)).returncode == 0
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cxrelay("serve", "--host", "127.0.0.1", "--port", str(port), "--demo")
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_environment_variables_configure_serve(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"CXRELAY_PORT": str(port), "CXRELAY_HOST": "127.0.0.1", "CXRELAY_DEMO": "1",
+           "CXRELAY_LOG_FORMAT": "json", "CXRELAY_LOG_LEVEL": "debug"}
+    proc = RelayProcess(env=env)
+    proc.port = port
+    proc.args = ["serve"]
+    proc.start()
+    try:
+        status, body = http_get(port, "/api/cameras")
+        assert status == 200 and [c["name"] for c in json.loads(body)] == ["demo"]
+    finally:
+        code, out, _ = proc.stop()
+    assert code == 0
+    events = [json.loads(line) for line in out.splitlines()]
+    assert any(e["event"] == "listening" for e in events)
+    assert any(e["level"] == "debug" for e in events) or len(events) > 2
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly_closing_viewers_with_1001(sig: int) -> None:
+    with relay_process("--demo") as proc:
+
+        async def watch() -> int | None:
+            async with connect(f"ws://127.0.0.1:{proc.port}/ws/demo") as ws:
+                await ws.recv()
+                started = time.monotonic()
+                proc.signal(sig)
+                try:
+                    while True:
+                        await asyncio.wait_for(ws.recv(), 5)
+                except ConnectionClosed:
+                    pass
+                assert time.monotonic() - started < 5
+                return ws.close_code
+
+        code = asyncio.run(watch())
+        assert code == 1001
+        started = time.monotonic()
+        returncode, out, err = proc.stop(timeout=5)
+        assert returncode == 0, err
+        assert time.monotonic() - started < 5
+    events = [json.loads(line)["event"] for line in out.splitlines()]
+    assert events[-2:] == ["shutting down", "stopped"] or "stopped" in events
+    assert "Traceback" not in err

@@ -1,0 +1,158 @@
+"""The hub and viewer pump as single pieces: a fake source drives the hub's
+sink methods; WebSockets are AsyncMocks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+from unittest.mock import AsyncMock, MagicMock, patch
+
+import pytest
+
+from cxrelay.config import CameraConfig, ServerConfig
+from cxrelay.h264 import split_annexb
+from cxrelay.hub import CameraHub
+from cxrelay.metrics import Metrics
+from cxrelay.protocol import FLAG_CATCHUP, FLAG_KEYFRAME, decode_frame
+from cxrelay.sources import StreamInfo
+from cxrelay.viewer import Viewer
+
+DATA = Path(__file__).parent.parent / "data"
+
+
+def access_units() -> list[bytes]:
+    """Whole access units of a real x264 stream, keyframe first (sizes from the sidecar)."""
+    data = (DATA / "baseline.h264").read_bytes()
+    meta = json.loads((DATA / "baseline.json").read_text())
+    units, offset = [], 0
+    for _, size, _ in meta["packets"]:
+        units.append(data[offset:offset + size])
+        offset += size
+    return units
+
+
+@pytest.fixture
+async def hub() -> Any:
+    loop = asyncio.get_running_loop()
+    with patch("cxrelay.hub.create_source") as factory:
+        factory.side_effect = lambda *a: MagicMock(name="source")
+        hub = CameraHub(CameraConfig("cam", "rtsp://h/x"), server=ServerConfig(),
+                        metrics=Metrics(), loop=loop)
+        hub.start()
+        hub.source = hub._source
+        yield hub
+
+
+def ws_mock() -> AsyncMock:
+    ws = AsyncMock(name="ws")
+    ws.sent = []
+    ws.send.side_effect = lambda m: ws.sent.append(m)
+    return ws
+
+
+def feed(hub: CameraHub, units: list[bytes], start: int = 0) -> None:
+    for i, unit in enumerate(units):
+        pts = (start + i) * 40_000
+        hub.source_packet(hub.source, unit, pts, 1_000 + pts)
+
+
+async def test_viewer_joining_mid_gop_gets_init_status_catchup_then_live(hub: Any) -> None:
+    units = access_units()
+    hub.source_connected(hub.source, StreamInfo(b"", None, whole_units=True))
+    feed(hub, units[:5])
+    assert hub.state == "live"
+    ws = ws_mock()
+    viewer = Viewer(ws, hub.new_backlog(), hub.metrics)
+    hub.attach(viewer)
+    feed(hub, units[5:7], start=5)
+    pump = asyncio.ensure_future(viewer.pump())
+    await asyncio.sleep(0.05)
+    pump.cancel()
+    sent = ws.sent
+    init = json.loads(sent[0])
+    assert init["type"] == "init" and (init["width"], init["height"]) == (640, 360)
+    assert json.loads(sent[1]) == {"type": "status", "state": "live"}
+    frames = [decode_frame(m) for m in sent[2:]]
+    assert [f.pts_us for f in frames] == [i * 40_000 for i in range(7)]
+    assert frames[0].flags == FLAG_KEYFRAME | FLAG_CATCHUP
+    assert all(f.flags & FLAG_CATCHUP for f in frames[:5])
+    assert not any(f.flags & FLAG_CATCHUP for f in frames[5:])
+    # The NAL units are the camera's, unchanged (start codes may be normalised).
+    assert [split_annexb(f.payload) for f in frames] == [split_annexb(u) for u in units[:7]]
+
+
+async def test_failure_tells_viewers_and_reconnect_sends_a_new_init(hub: Any) -> None:
+    units = access_units()
+    hub.source_connected(hub.source, StreamInfo(b"", None, whole_units=True))
+    feed(hub, units[:3])
+    viewer = Viewer(ws_mock(), hub.new_backlog(), hub.metrics)
+    hub.attach(viewer)
+    hub.source_failed(hub.source, "401 Unauthorized")
+    hub.source_failed(hub.source, "401 Unauthorized")  # a retry: not news
+    assert hub.state == "offline" and hub.last_error == "401 Unauthorized"
+    hub.source_connected(hub.source, StreamInfo(b"", None, whole_units=True))
+    feed(hub, units[1:3], start=100)  # deltas first: nobody can start on those
+    feed(hub, units[:2], start=200)
+    pump = asyncio.ensure_future(viewer.pump())
+    await asyncio.sleep(0.05)
+    pump.cancel()
+    texts = [json.loads(m) for m in viewer.ws.sent if isinstance(m, str)]
+    kinds = [(t["type"], t.get("state")) for t in texts]
+    assert kinds == [("init", None), ("status", "live"), ("status", "offline"),
+                     ("init", None), ("status", "live")]
+    assert texts[2]["reason"] == "401 Unauthorized"
+    sent = viewer.ws.sent
+    second_init = max(i for i, m in enumerate(sent) if isinstance(m, str) and '"init"' in m)
+    after = sent[second_init:]
+    first_frame = decode_frame(next(m for m in after if isinstance(m, bytes)))
+    assert first_frame.keyframe and first_frame.pts_us == 200 * 40_000
+    assert hub.metrics.reconnects.labels("cam")._value.get() == 1
+
+
+async def test_events_from_a_stopped_source_are_ignored(hub: Any) -> None:
+    old = hub.source
+    hub.reconfigure(CameraConfig("cam", "rtsp://h/y"))
+    hub.source_failed(old, "late news from the old thread")
+    assert hub.last_error is None
+
+
+async def test_slow_viewer_does_not_hold_up_the_hub(hub: Any) -> None:
+    units = access_units()
+    hub.source_connected(hub.source, StreamInfo(b"", None, whole_units=True))
+    stuck = AsyncMock(name="stuck")
+
+    async def never(message: object) -> None:
+        await asyncio.sleep(3600)
+
+    stuck.send.side_effect = never
+    slow = Viewer(stuck, hub.new_backlog(), hub.metrics)
+    fast = Viewer(ws_mock(), hub.new_backlog(), hub.metrics)
+    hub.attach(slow)
+    hub.attach(fast)
+    pumps = [asyncio.ensure_future(v.pump()) for v in (slow, fast)]
+    for rnd in range(3):
+        feed(hub, units, start=rnd * len(units))
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    for p in pumps:
+        p.cancel()
+    assert len([m for m in fast.ws.sent if isinstance(m, bytes)]) == 3 * len(units)
+    assert slow.backlog.frame_bytes <= hub.server.viewer_max_bytes
+
+
+async def test_on_demand_starts_with_first_viewer_and_lingers() -> None:
+    loop = asyncio.get_running_loop()
+    with patch("cxrelay.hub.create_source") as factory:
+        hub = CameraHub(CameraConfig("cam", "rtsp://h/x", on_demand=True, linger=0.05),
+                        server=ServerConfig(), metrics=Metrics(), loop=loop)
+        hub.start()
+        assert factory.call_count == 0 and hub.state == "idle"
+        viewer = Viewer(ws_mock(), hub.new_backlog(), hub.metrics)
+        hub.attach(viewer)
+        assert factory.call_count == 1 and hub.state == "connecting"
+        hub.detach(viewer)
+        await asyncio.sleep(0.15)
+        factory.return_value.stop.assert_called_once()
+        assert hub.state == "idle"
