@@ -16,6 +16,7 @@ from cxrelay import __version__
 from cxrelay.config import (
     LOG_FORMATS,
     LOG_LEVELS,
+    TRANSPORTS,
     Config,
     ConfigError,
     load_config,
@@ -149,3 +150,23 @@ def token(cameras: tuple[str, ...], ttl: str, subject: str | None, config_path: 
         click.echo(mint_token(secret, claim, lifetime, subject))
     except ValueError as exc:
         fail(str(exc))
+
+
+@main.command()
+@click.argument("url")
+@click.option("--seconds", type=click.FloatRange(0.5, 300), default=5.0, show_default=True,
+              help="How long to watch the stream.")
+@click.option("--transport", type=click.Choice(TRANSPORTS), default="tcp", show_default=True)
+@click.option("--timeout", type=click.FloatRange(0.5, 300), default=10.0, show_default=True,
+              help="Seconds to wait for the camera to connect or to send.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def probe(url: str, seconds: float, transport: str, timeout: float, as_json: bool) -> None:
+    """Connect to a camera and report what an installer needs to know."""
+    import json
+
+    from cxrelay.probe import format_report
+    from cxrelay.probe import probe as run_probe
+
+    report = run_probe(url, seconds=seconds, transport=transport, timeout=timeout)
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else format_report(report))
+    sys.exit(0 if report.ok else EXIT_ERROR)
