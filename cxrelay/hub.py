@@ -159,6 +159,9 @@ class CameraHub:
         return Backlog(int(self.server.viewer_max_delay * 1e6), self.server.viewer_max_bytes)
 
     def attach(self, viewer: Viewer) -> None:
+        self._cancel_linger()
+        if self.camera.on_demand:
+            self._start_source()
         first: list[str] = []
         if self._init is not None:
             first.append(self._init)
@@ -167,9 +170,6 @@ class CameraHub:
         viewer.join(first, catchup)
         self.viewers.add(viewer)
         self._viewers_changed()
-        self._cancel_linger()
-        if self.camera.on_demand:
-            self._start_source()
 
     def detach(self, viewer: Viewer) -> None:
         self.viewers.discard(viewer)
