@@ -748,8 +748,13 @@ class AccessUnitAssembler:
         self.dropped_no_parameter_sets = 0  # IDR units whose SPS/PPS were never seen
         self.injected_parameter_sets = 0  # IDR units that got SPS/PPS put in front
         self.internal_errors = 0  # bugs caught to keep the camera going; should stay 0
+        # Why the constructor's extradata was ignored (in-band SPS/PPS may still come).
+        self.extradata_error: str | None = None
         if extradata:
-            self.set_extradata(extradata)
+            try:
+                self.set_extradata(extradata)
+            except H264Error as exc:
+                self.extradata_error = str(exc)
 
     # --- public -----------------------------------------------------------------------------------
 
@@ -757,7 +762,8 @@ class AccessUnitAssembler:
         """Adopt the SPS/PPS of the SDP or container (avcC or Annex B).
 
         Raises H264Error if any of it is malformed; nothing is adopted then,
-        and in-band parameter sets still work."""
+        and in-band parameter sets still work. (The constructor doesn't
+        raise: it notes the error in ``extradata_error``.)"""
         nals = parse_extradata(extradata)
         sps = dict(self._sps)
         parsed: list[tuple[bytes, Sps | Pps]] = []

@@ -805,9 +805,10 @@ def test_malformed_extradata_raises_and_changes_nothing() -> None:
     asm = AccessUnitAssembler(good)
     with pytest.raises(H264Error):
         asm.set_extradata(to_annexb([make_sps(width_mbs=600), aus[0].nals[1]]))
-    with pytest.raises(H264Error):
-        AccessUnitAssembler(b"\x02garbage")
     assert_units_match(feed(asm, strip(aus, (NAL_SPS, NAL_PPS))).units, aus)
+    # The constructor (the hub builds one per connection) never raises.
+    assert AccessUnitAssembler(b"\x02garbage").extradata_error
+    assert AccessUnitAssembler(good).extradata_error is None
 
 
 def test_stray_bytes_spoil_the_unit_they_land_in() -> None:
