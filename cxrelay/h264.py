@@ -75,6 +75,12 @@ MAX_SIDE = 8192
 # the worst case (about 43 bytes of RBSP), even with emulation prevention.
 _SLICE_HEADER_BYTES = 80
 
+# Bounds on what a broken stream can make the assembler hold: NAL units in one
+# picture (cameras that slice per macroblock row stay far below), and NAL units
+# waiting for a picture to join.
+_MAX_UNIT_NALS = 4096
+_MAX_TAIL_NALS = 256
+
 # Profiles whose SPS carries chroma_format_idc, bit depths and scaling lists (7.3.2.1.1).
 _HIGH_PROFILES = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135})
 _VCL = frozenset({NAL_SLICE, NAL_DPA, NAL_DPB, NAL_DPC, NAL_IDR})
@@ -838,6 +844,13 @@ class AccessUnitAssembler:
     # --- NAL units --------------------------------------------------------------------------------
 
     def _nal(self, nal: bytes, pts: int, ingest: int, out: list[AccessUnit]) -> None:
+        if self._cur is not None and len(self._cur.nals) >= _MAX_UNIT_NALS:
+            self._cur.corrupt = True
+            self._close(out, "boundary")
+        if len(self._tail) >= _MAX_TAIL_NALS:
+            self._clear_tail()
+            self.dropped_corrupt += 1
+            self._discontinuity = True
         header = nal[0]
         kind = header & 0x1F
         if header & 0x80:

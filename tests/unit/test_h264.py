@@ -984,3 +984,23 @@ def test_wrong_layout_is_unlearned_when_more_slices_come() -> None:
     # 5 and 6 follow the old layout as far as they go: they wait for the next
     # unit, not for the timer; the straggling slices of 10 need it.
     assert fed.flushes == [0, 1, 10, 11, 12]
+
+
+def test_broken_streams_cannot_pile_up() -> None:
+    aus = truth("baseline")
+    asm = AccessUnitAssembler()
+    for _ in range(512):  # NAL units that never get a picture
+        asm.push(b"\x00\x00\x01\x0c\xff\x80", 0, 0)
+    fed = feed(asm, aus)
+    assert_units_match(fed.units, aus)
+    assert asm.dropped_corrupt == 2 and fed.units[0].discontinuity
+    # A picture that never ends (its slices keep coming, never a new one).
+    slices = truth("slices4")
+    feed(asm, slices[:3])
+    for nal in slices[3].nals[:2]:
+        asm.push(to_annexb([nal]), 1, 0)
+    for _ in range(5000):
+        asm.push(to_annexb([slices[3].nals[1]]), 1, 0)
+    assert asm.dropped_corrupt == 3
+    assert asm.flush() == [] and asm.dropped_partial == 1  # the rest: no first slice
+    assert asm.internal_errors == 0
