@@ -123,3 +123,16 @@ def test_passwords_come_from_env_and_credentials(config: Config) -> None:
     assert "@" not in gate.url
     # ... and never show in what gets logged.
     assert LOBBY_PASSWORD not in repr(lobby) and LOBBY_PASSWORD not in lobby.safe_url
+
+
+def test_operations_guide_lists_every_metric() -> None:
+    """docs/operations.md documents each metric the relay exports, by its
+    exposed name (counters gain _total)."""
+    from cxrelay.metrics import Metrics
+
+    guide = (EXAMPLE.parents[1] / "docs" / "operations.md").read_text()
+    families = {metric.name + ("_total" if metric.type == "counter" else "")
+                for metric in Metrics().registry.collect()}
+    assert families, "no metrics collected"
+    missing = sorted(name for name in families if f"`{name}`" not in guide)
+    assert not missing, f"docs/operations.md lacks {missing}"
