@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from cxrelay.app import Relay
 from cxrelay.config import CameraConfig
@@ -177,13 +178,18 @@ async def test_tls_proxy_serves_the_relay(nginx: tuple[int, int, Path]) -> None:
     assert reply.startswith(b"HTTP/1.1 200")
     assert b"Strict-Transport-Security: max-age=31536000" in reply
     assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["status"] == "ok"
+    assert (await raw_get(https_port, "/metrics", tls=True)).startswith(b"HTTP/1.1 404")
+    assert (await raw_get(https_port, "/cxrelay.js", tls=True)).startswith(b"HTTP/1.1 200")
 
 
 async def test_websocket_through_nginx(nginx: tuple[int, int, Path]) -> None:
     _, https_port, access_log = nginx
-    url = f"wss://127.0.0.1:{https_port}/ws/demo?token={TOKEN}"
-    async with connect(url, ssl=insecure_tls(), server_hostname=HOST, compression=None,
-                       origin=f"https://{HOST}", open_timeout=10) as ws:
+    # As a browser on the wall page served through nginx would: same origin,
+    # which cxrelay can only tell from the Host and X-Forwarded-Proto nginx sets.
+    site = f"{HOST}:{https_port}"
+    url = f"wss://{site}/ws/demo?token={TOKEN}"
+    async with connect(url, host="127.0.0.1", ssl=insecure_tls(), compression=None,
+                       origin=f"https://{site}", open_timeout=10) as ws:
         init = json.loads(await asyncio.wait_for(ws.recv(), 10))
         assert init["type"] == "init" and init["camera"] == "demo"
         keyframe = None
@@ -197,3 +203,14 @@ async def test_websocket_through_nginx(nginx: tuple[int, int, Path]) -> None:
     log = access_log.read_text()
     assert '"GET /ws/demo" 101 ' in log
     assert TOKEN not in log
+
+
+async def test_refusals_come_through_nginx(nginx: tuple[int, int, Path]) -> None:
+    _, https_port, _ = nginx
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(f"wss://{HOST}:{https_port}/ws/demo", host="127.0.0.1",
+                           ssl=insecure_tls(), origin="https://evil.example.com",
+                           open_timeout=10):
+            pass
+    assert info.value.response.status_code == 403
+    assert info.value.response.body == b"origin https://evil.example.com is not allowed\n"
