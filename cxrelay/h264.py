@@ -721,11 +721,21 @@ class _Picture:
 class AccessUnitAssembler:
     """Groups NAL units into access units (7.4.1.2.3), one whole picture each.
 
-    Feed it Annex B in arrival (decode) order: a NAL unit at a time, a few
-    (STAP-A), or whole access units. A unit is complete when the next one
-    starts, when ``flush()`` is called, or, once the slice layout of the
-    stream is known, as soon as its last slice arrives. ``push`` and ``flush``
-    never raise: bad input is dropped and counted.
+    Feed it Annex B in arrival (decode) order: whole NAL units, one at a time,
+    a few (STAP-A), or whole access units. A unit is complete when the next
+    one starts (AUD, new timestamp, SPS/PPS/SEI then a slice of a new picture,
+    or a slice of a new picture), when ``flush()`` is called, or, once the
+    slice layout of the stream is known, as soon as its last slice arrives.
+
+    Driving it from a live source: after each push, if ``pending and not
+    slice_count_known``, arm an idle timer that calls ``flush()``; it must
+    be longer than the gap between two slices of one picture, or pictures
+    get cut (the cut-off slices are then dropped and counted). A whole-unit
+    source pushes each unit and calls ``flush()``.
+
+    ``push`` and ``flush`` never raise: bad input is dropped and counted, and
+    the next unit out carries ``discontinuity``. The only edit to the NAL
+    units is SPS/PPS put in front of an IDR unit that lacks them.
     """
 
     def __init__(self, extradata: bytes = b"") -> None:
@@ -999,7 +1009,7 @@ class AccessUnitAssembler:
         return cur
 
     def _join_tail(self, cur: _Picture, ingest: int) -> None:
-        if self._tail:
+        if self._tail or self._tail_corrupt:
             cur.nals.extend(self._tail)
             cur.corrupt |= self._tail_corrupt
             self._clear_tail()
