@@ -10,7 +10,7 @@ APT_PACKAGES = \
 	gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gst-1.0 python3-gi \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
-	chromium systemd
+	chromium systemd nginx openssl
 
 .PHONY: test deps system-deps python-deps lint unit bench
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from cxrelay.access import OriginPolicy, TokenVerifier
 from cxrelay.backlog import DEFAULT_MAX_BYTES, DEFAULT_MAX_DELAY
 from cxrelay.gop import DEFAULT_GOP_CACHE_BYTES
 from cxrelay.redact import redact_url
@@ -279,10 +280,12 @@ def _origins(s: _Section) -> tuple[str, ...]:
     for i, origin in enumerate(origins):
         if not isinstance(origin, str):
             raise s.err(f"allowed_origins[{i}]", f"expected a string, got {_kind(origin)}")
-        if origin != "*" and not re.match(r"^(https?)://[^/?#\s]+$", origin):
+        try:
+            OriginPolicy((origin,))
+        except ValueError as exc:
             raise s.err(f"allowed_origins[{i}]",
-                        f"{origin!r} is not an origin like https://shop.example.com "
-                        "or https://*.example.com (no path, no trailing slash)")
+                        f"{exc} (expected an origin like https://shop.example.com "
+                        "or https://*.example.com: no path, no trailing slash)") from None
     return tuple(origins)
 
 
@@ -319,8 +322,14 @@ def _server(data: Any, env: Mapping[str, str]) -> ServerConfig:
 def _auth(data: Any, env: Mapping[str, str]) -> AuthConfig:
     s = _Section("auth", data, env)
     secret = s.secret("secret")
-    if secret is not None and len(secret) < 16:
-        raise s.err("secret", "too short: use at least 16 characters (32 random bytes is better)")
+    if secret is not None and len(secret) < 32:
+        raise s.err("secret", "too short: use at least 32 characters "
+                              "(for example: openssl rand -hex 32)")
+    if secret is not None:
+        try:
+            TokenVerifier(secret)
+        except ValueError as exc:
+            raise s.err("secret", str(exc)) from None
     s.finish()
     return AuthConfig(secret=secret)
 

@@ -35,7 +35,7 @@ from cxrelay.access import (
 from cxrelay.config import Config
 from cxrelay.hub import CameraHub
 from cxrelay.metrics import Metrics
-from cxrelay.protocol import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_UNSUPPORTED
+from cxrelay.protocol import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_AGAIN, CLOSE_UNSUPPORTED
 from cxrelay.viewer import Viewer
 
 log = structlog.get_logger("cxrelay.server")
@@ -64,7 +64,6 @@ def response(status: HTTPStatus, body: bytes, content_type: str,
              extra: Mapping[str, str] | None = None) -> Response:
     headers = Headers(
         [
-            ("Server", SERVER_HEADER),
             ("Content-Type", content_type),
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-cache"),
@@ -97,7 +96,6 @@ class RelayServer:
         self.limiter = ConnectionLimiter(config.server.max_connections_per_client)
         self._server: Server | None = None
         self._ssl: ssl.SSLContext | None = None
-        self._claims: dict[ServerConnection, Claims] = {}
         self._closing: set[asyncio.Future[None]] = set()
         self.apply(config)
 
@@ -110,6 +108,10 @@ class RelayServer:
         self.limiter.max_per_client = config.server.max_connections_per_client
         if self._ssl is not None and config.server.tls_cert:
             try:
+                # Try the pair on a scratch context first: a failed load into the
+                # live one can leave it with a certificate and no matching key.
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                    config.server.tls_cert, config.server.tls_key)
                 self._ssl.load_cert_chain(config.server.tls_cert, config.server.tls_key)
                 log.info("tls certificate loaded", cert=config.server.tls_cert)
             except (OSError, ssl.SSLError) as exc:
@@ -204,7 +206,7 @@ class RelayServer:
                                     forwarded_proto=headers.get("X-Forwarded-Proto"))
         if reason is not None:
             return self._refuse(HTTPStatus.FORBIDDEN, reason, name, peer)
-        claims, refusal = self._check_token(request, name)
+        _, refusal = self._check_token(request, name)
         if refusal is not None:
             return refusal
         hub = self.hubs.get(name)
@@ -223,8 +225,6 @@ class RelayServer:
             return self._refuse(HTTPStatus.SERVICE_UNAVAILABLE,
                                 f"too many connections from {peer} (maximum {per_client})",
                                 name, peer)
-        if claims is not None:
-            self._claims[connection] = claims
         return None
 
     def _check_token(self, request: Request, camera: str | None
@@ -252,10 +252,13 @@ class RelayServer:
         if hub is None:  # removed by a reload during the handshake
             await ws.close(1001, "camera removed")
             return
-        claims = self._claims.pop(ws, None)
+        claims, refusal = self._check_token(ws.request, name)  # cheap; no state kept from _admit
+        if refusal is not None:
+            await ws.close(CLOSE_POLICY, "token expired")
+            return
         peer = _peer(ws)
         if not self.limiter.acquire(peer):  # raced past the check in _admit
-            await ws.close(CLOSE_POLICY, "too many connections")
+            await ws.close(CLOSE_TRY_AGAIN, "too many connections")
             return
         viewer = Viewer(ws, hub.new_backlog(), self.metrics)
         vlog = log.bind(camera=name, viewer=viewer.id)

@@ -1,0 +1,148 @@
+"""Access control as wired into the real server: 403 / 401 / 503 before the
+upgrade, the token read from the query or the cookie, /api/cameras filtered by
+the token, and a viewer closed with 1008 when its token expires."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from cxrelay.access import mint_token
+from cxrelay.app import Relay
+from cxrelay.config import AuthConfig, CameraConfig
+from tests.support import make_config, running_relay
+
+SECRET = "a test secret of thirty-two bytes"
+CAMERAS = [CameraConfig(name=n, url="demo://", on_demand=True, linger=0)
+           for n in ("lobby", "door")]
+
+
+@pytest.fixture
+async def relay() -> AsyncIterator[Relay]:
+    config = make_config(CAMERAS, allowed_origins=("https://shop.example.com",),
+                         max_connections_per_client=2)
+    config = type(config)(server=config.server, cameras=config.cameras,
+                          auth=AuthConfig(secret=SECRET))
+    async with running_relay(config) as relay:
+        yield relay
+
+
+def url(relay: Relay, path: str) -> str:
+    assert relay.server is not None
+    return f"ws://127.0.0.1:{relay.server.port}{path}"
+
+
+async def refused(relay: Relay, path: str, **kwargs: object) -> tuple[int, str]:
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(url(relay, path), open_timeout=10, **kwargs):  # type: ignore[arg-type]
+            pass
+    response = info.value.response
+    return response.status_code, response.body.decode().strip()
+
+
+async def watching(ws: object) -> str:
+    """The camera named by the first init (after any status messages)."""
+    async with asyncio.timeout(15):
+        while True:
+            message = json.loads(await ws.recv())  # type: ignore[attr-defined]
+            if message["type"] == "init":
+                return str(message["camera"])
+
+
+async def http(relay: Relay, path: str, headers: str = "") -> tuple[int, bytes]:
+    assert relay.server is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.server.port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_token_required(relay: Relay) -> None:
+    assert await refused(relay, "/ws/lobby") == (401, "a viewer token is required")
+    assert await refused(relay, "/ws/lobby?token=junk") == (401, "malformed token")
+    door = mint_token(SECRET, ["door"], 60)
+    assert await refused(relay, f"/ws/lobby?token={door}") == \
+        (401, "token does not cover camera lobby")
+    stale = mint_token(SECRET, ["lobby"], 60, now=time.time() - 120)
+    assert await refused(relay, f"/ws/lobby?token={stale}") == (401, "token expired")
+    other = mint_token("another secret, also long enough!", ["lobby"], 60)
+    assert await refused(relay, f"/ws/lobby?token={other}") == \
+        (401, "token signature does not match")
+
+
+async def test_unknown_camera_is_hidden_behind_the_token(relay: Relay) -> None:
+    assert (await refused(relay, "/ws/nope"))[0] == 401
+    every = mint_token(SECRET, "*", 60)
+    assert (await refused(relay, f"/ws/nope?token={every}"))[0] == 404
+
+
+@pytest.mark.parametrize("where", ["query", "cookie"])
+async def test_valid_token_watches(relay: Relay, where: str) -> None:
+    token = mint_token(SECRET, ["lobby"], 60)
+    path, headers = ("/ws/lobby?token=" + token, None) if where == "query" else \
+        ("/ws/lobby", {"Cookie": f"junk; cxrelay_token={token}"})
+    async with connect(url(relay, path), additional_headers=headers, open_timeout=10) as ws:
+        assert await watching(ws) == "lobby"
+
+
+async def test_origins(relay: Relay) -> None:
+    token = mint_token(SECRET, "*", 60)
+    assert await refused(relay, "/ws/lobby", origin="https://evil.example.com") == \
+        (403, "origin https://evil.example.com is not allowed")
+    # the origin is checked first: no token needed to learn that
+    async with connect(url(relay, f"/ws/lobby?token={token}"), open_timeout=10,
+                       origin="https://shop.example.com") as ws:  # type: ignore[arg-type]
+        assert await watching(ws) == "lobby"
+
+
+async def test_api_needs_and_filters_by_token(relay: Relay) -> None:
+    status, _ = await http(relay, "/api/cameras")
+    assert status == 401
+    token = mint_token(SECRET, ["door"], 60)
+    status, body = await http(relay, f"/api/cameras?token={token}")
+    assert status == 200 and [c["name"] for c in json.loads(body)] == ["door"]
+    status, body = await http(relay, "/api/cameras", f"Cookie: cxrelay_token={token}\r\n")
+    assert status == 200 and [c["name"] for c in json.loads(body)] == ["door"]
+    assert (await http(relay, "/healthz"))[0] == 200  # monitoring stays open
+
+
+async def test_per_client_limit(relay: Relay) -> None:
+    token = mint_token(SECRET, "*", 60)
+    async with connect(url(relay, f"/ws/lobby?token={token}")), \
+            connect(url(relay, f"/ws/door?token={token}")):
+        status, reason = await refused(relay, f"/ws/lobby?token={token}")
+        assert status == 503 and "too many connections" in reason
+    async with connect(url(relay, f"/ws/lobby?token={token}"), open_timeout=10) as ws:
+        assert await watching(ws) == "lobby"
+
+
+async def test_viewer_closed_when_its_token_expires(relay: Relay) -> None:
+    token = mint_token(SECRET, ["lobby"], 2)
+    async with connect(url(relay, f"/ws/lobby?token={token}"), max_size=None) as ws:
+        with pytest.raises(ConnectionClosed) as info:
+            async with asyncio.timeout(20):
+                while True:
+                    await ws.recv()
+        assert info.value.rcvd is not None
+        assert (info.value.rcvd.code, info.value.rcvd.reason) == (1008, "token expired")
+
+
+async def test_failed_handshakes_leave_nothing_behind(relay: Relay) -> None:
+    """Admitted, then the upgrade fails (no Upgrade header): nothing may stay
+    counted or remembered for that connection."""
+    token = mint_token(SECRET, "*", 60)
+    for _ in range(20):
+        status, _ = await http(relay, f"/ws/lobby?token={token}")
+        assert status == 426
+    assert relay.server is not None
+    assert relay.server.limiter.count("127.0.0.1") == 0
+    assert len(getattr(relay.server, "_claims", {})) == 0
