@@ -10,6 +10,7 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -149,12 +150,19 @@ class Relay:
         removed = [name for name in old if name not in fresh]
         added = [name for name in fresh if name not in old]
         changed = [name for name in fresh if name in old and fresh[name] != old[name]]
-        if new.server != self.config.server:
-            log.warning("server settings changed: restart cxrelay to apply them")
-        self.config = Config(server=self.config.server, cameras=new.cameras, auth=new.auth,
+        old_server = self.config.server
+        # The listener itself can't change under running viewers; everything
+        # else (origins, limits, backlog bounds, the secret) applies at once.
+        fixed = ("host", "port", "tls_cert", "tls_key")
+        server = replace(new.server, **{k: getattr(old_server, k) for k in fixed})
+        if any(getattr(new.server, k) != getattr(old_server, k) for k in fixed):
+            log.warning("listen address or TLS files changed: restart cxrelay to apply them")
+        self.config = Config(server=server, cameras=new.cameras, auth=new.auth,
                              log=self.config.log, path=new.path)
         if self.server is not None:
             self.server.apply(self.config)
+        for hub in self.hubs.values():
+            hub.server = server
         for name in removed:
             hub = self.hubs.pop(name)
             await hub.close(CLOSE_GOING_AWAY, "camera removed from the configuration")
