@@ -193,7 +193,11 @@ class RelayServer:
             or mimetypes.guess_type(file.name)[0] or "application/octet-stream"
         if kind.startswith("text/"):
             kind += "; charset=utf-8"
-        return response(HTTPStatus.OK, body, kind)
+        # Pages on other sites load the player as a module script, which
+        # browsers fetch with CORS. The code is public; the cameras are not
+        # (origins and tokens guard /ws/).
+        extra = {"Access-Control-Allow-Origin": "*"} if file.suffix == ".js" else None
+        return response(HTTPStatus.OK, body, kind, extra)
 
     def _admit(self, connection: ServerConnection, request: Request, name: str) -> Response | None:
         """Decide before the upgrade whether this viewer may watch: origin (403),
