@@ -502,8 +502,10 @@ export class CxrelayPlayer extends HTMLElement {
       this._mInit = initSegment(sps, pps, this._init.width, this._init.height);
       this._mq.push(this._mInit);
     }
-    const ahead = this._mseAhead();
-    if (!f.key && !f.cu && (this._mq.length > 20 || ahead > 3)) {
+    // Right after the catch-up burst the queue is long and the playhead has yet to jump to the
+    // newest picture: that is not falling behind.
+    const ahead = this._jump ? 0 : this._mseAhead();
+    if (!f.key && !f.cu && !this._jump && (this._mq.length > 20 || ahead > 3)) {
       this._needKey = true; // the video element can't keep up: skip to the next keyframe
       this._anchor = true;
       return this._dropped++;
@@ -516,7 +518,7 @@ export class CxrelayPlayer extends HTMLElement {
     this._mq.push(fragment(++this._seq, dts, comp - dts, dur, f.key, nals));
     this._dts = dts;
     this._end = Math.max(this._end, comp + dur);
-    this._mLive = !f.cu;
+    this._mqLive = !f.cu;
     this._mIngest = f.ingest;
     if (f.key && !f.cu && this._jump === false && ahead > 1) this._jump = true; // after a skip
     this._msePump();
@@ -543,6 +545,7 @@ export class CxrelayPlayer extends HTMLElement {
     if (!sb || sb.updating || !this._mq.length) return;
     const parts = this._mq;
     this._mq = [];
+    this._mLive = this._mqLive; // whether the newest frame being appended is a live one
     try {
       sb.appendBuffer(parts.length === 1 ? parts[0] : concat(parts));
     } catch (e) {

@@ -102,7 +102,7 @@ class Daemon:
     def cameras(self) -> dict[str, dict[str, Any]]:
         return {c["name"]: c for c in get_json(f"{self.url}/api/cameras")}
 
-    def wait_live(self, camera: str, timeout: float = 20) -> None:
+    def wait_live(self, camera: str, timeout: float = 40) -> None:
         wait_until(lambda: self.cameras()[camera]["state"] == "live", timeout,
                    f"camera {camera} live\n{self.tail()}")
 
