@@ -142,6 +142,9 @@ export class CxrelayPlayer extends HTMLElement {
     this._v = root.querySelector('video');
     this._v.muted = true;
     this._v.disableRemotePlayback = true; // ManagedMediaSource wants no AirPlay alternative
+    this._v.onerror = () => {
+      if (this._ms) this._mseRecover('video: ' + (this._v.error?.message || 'playback error'));
+    };
     this._msg = root.querySelector('.msg');
     this._ov = root.querySelector('.ov');
   }
@@ -229,6 +232,7 @@ export class CxrelayPlayer extends HTMLElement {
     this._catching = false;
     this._srv = null;
     this._codecErr = false;
+    this._mseFails = 0;
   }
 
   _set(state, reason = '') {
@@ -296,20 +300,30 @@ export class CxrelayPlayer extends HTMLElement {
     }
     this._cv.hidden = mode === 'mse';
     this._v.hidden = mode !== 'mse';
-    this._codecErr = !mode;
-    this._msg.hidden = !!mode;
+    this._codecErr = false;
+    this._msg.hidden = true;
     if (!mode) {
       const msg = `This browser can't play this camera's video (${codec || 'unknown codec'}).`;
-      this._msg.textContent = msg;
-      this._set('error', 'unsupported codec ' + codec);
+      this._unplayable('unsupported codec ' + codec, msg);
       this._fail(msg);
     } else {
       if (this._state === 'error') this._set(this._srv?.state || 'connecting', this._srv?.reason);
       if (mode === 'webcodecs') this._decSetup(m);
-      else if (!(await this._mseSetup(codec)) || gen !== this._gen) return;
+      else if (!(await this._mseSetup(codec)) || gen !== this._gen) {
+        if (gen === this._gen) this._mseRecover('MSE: no SourceBuffer for ' + codec);
+        return;
+      }
     }
     this._busy = false;
     while (!this._busy && this._held.length) this._handle(this._held.shift());
+  }
+
+  // Says so over the picture (instead of a black box) until an init brings a playable stream.
+  _unplayable(reason, message) {
+    this._codecErr = true;
+    this._msg.textContent = message;
+    this._msg.hidden = false;
+    this._set('error', reason);
   }
 
   _frame(buf) {
@@ -549,11 +563,25 @@ export class CxrelayPlayer extends HTMLElement {
     try {
       sb.appendBuffer(parts.length === 1 ? parts[0] : concat(parts));
     } catch (e) {
-      // QuotaExceeded or a detached buffer: start again from the next keyframe
-      this._needKey = true;
+      if (e.name !== 'QuotaExceededError') return this._mseRecover('MSE: ' + e.message);
+      this._needKey = true; // buffer full: free some, go on from the next keyframe
+      this._anchor = true;
       this._mseTrim(true);
-      this._fail('MSE: ' + e.message);
     }
+  }
+
+  // The video element or the SourceBuffer failed (bad data, decoder error): start a fresh
+  // MediaSource from the next keyframe, a few times per connection at most.
+  _mseRecover(message) {
+    this._fail(message);
+    this._mseDrop();
+    if (++this._mseFails > 3) {
+      this._mode = null; // nothing more is fed until the next init
+      this._busy = false;
+      this._held = [];
+      return this._unplayable(message, 'Playback failed: ' + message);
+    }
+    if (this._init) this._onInit(this._init);
   }
 
   _mseAhead() {

@@ -189,9 +189,12 @@ def test_mse_fallback_stays_at_live_edge(page: Any, demo: Daemon) -> None:
     assert stats["mode"] == "mse" and stats["decoded"] > 0 and stats["fps"] > 0
 
 
-def test_recovers_when_the_daemon_restarts(page: Any, fresh_demo: Daemon) -> None:
+@pytest.mark.parametrize("mode", ["webcodecs", "mse"])
+def test_recovers_when_the_daemon_restarts(page: Any, fresh_demo: Daemon, mode: str) -> None:
+    if mode == "mse":
+        page.add_init_script("delete window.VideoDecoder;")
     open_page(page, fresh_demo, '<cxrelay-player camera="demo"></cxrelay-player>')
-    wait_state(page, "live")
+    wait_state(page, "live", mode=mode)
     wait_painted(page)
     fresh_demo.stop()
     wait_state(page, "offline")
@@ -225,6 +228,42 @@ def test_unsupported_codec_shows_a_message(page: Any, demo: Daemon) -> None:
     # the picture area is not a black box: the message covers it, visibly
     shown = page.locator("cxrelay-player").locator("[part=message]")
     assert shown.is_visible() and shown.bounding_box()["width"] > 200
+
+
+@pytest.mark.parametrize("mode", ["webcodecs", "mse"])
+def test_garbage_video_is_reported_not_thrown(page: Any, demo: Daemon, mode: str) -> None:
+    """A stream that can't be decoded raises error events, never an uncaught exception."""
+    junk = bytes(range(7, 250)) * 4
+    keyframe = (b"\x01" + bytes(16) + b"\x00\x00\x00\x01\x67\x42\xc0\x1e" + junk
+                + b"\x00\x00\x00\x01\x68" + junk + b"\x00\x00\x00\x01\x65" + junk)
+
+    sockets: list[Any] = []
+
+    def fake_server(ws: Any) -> None:
+        ws.send(json.dumps({"type": "init", "protocol": 1, "camera": "demo",
+                            "codec": "avc1.42c01e", "width": 640, "height": 360}))
+        ws.send(json.dumps({"type": "status", "state": "live"}))
+        sockets.append(ws)
+
+    uncaught: list[str] = []
+    page.on("pageerror", lambda e: uncaught.append(str(e)))
+    if mode == "mse":
+        page.add_init_script("delete window.VideoDecoder;")
+    page.route_web_socket(re.compile(r".*/ws/demo$"), fake_server)
+    open_page(page, demo, '<cxrelay-player camera="demo"></cxrelay-player>')
+    wait_until(lambda: sockets, 5, "the player's socket", page=page)
+    for i in range(8):  # a keyframe every 200 ms: each gives a fresh decoder something to fail
+        sockets[0].send(keyframe[:1] + (i * 200_000).to_bytes(8, "big") + keyframe[9:])
+        page.wait_for_timeout(200)
+    page.wait_for_function("events.filter((e) => e[0] === 'error').length >= 2")
+    if mode == "mse":  # gives up after a few fresh MediaSources, and says so
+        wait_state(page, "error")
+        assert page.eval_on_selector("cxrelay-player",
+                                     "el => el.shadowRoot.querySelector('[part=message]').hidden"
+                                     ) is False
+    page.wait_for_timeout(300)
+    assert uncaught == []
+    assert page.eval_on_selector("cxrelay-player", "el => el.stats.painted") == 0
 
 
 def test_removing_the_player_releases_everything(page: Any, demo: Daemon) -> None:
