@@ -189,6 +189,36 @@ def test_mse_fallback_stays_at_live_edge(page: Any, demo: Daemon) -> None:
     assert stats["mode"] == "mse" and stats["decoded"] > 0 and stats["fps"] > 0
 
 
+def test_slow_decoder_drops_to_the_next_keyframe(page: Any, demo: Daemon) -> None:
+    """When the decoder's queue grows, delta frames are skipped up to the next keyframe (the
+    demo camera sends one every 2 s) instead of letting latency drift; once the decoder keeps
+    up again, every frame is shown again."""
+    page.add_init_script("""(() => {
+        const real = Object.getOwnPropertyDescriptor(VideoDecoder.prototype, 'decodeQueueSize');
+        Object.defineProperty(VideoDecoder.prototype, 'decodeQueueSize', {
+            get() { return window.slowDecoder ? 50 : real.get.call(this); } });
+    })();""")
+    open_page(page, demo, '<cxrelay-player camera="demo"></cxrelay-player>')
+    wait_state(page, "live", mode="webcodecs")
+    wait_painted(page, 10)
+    stats = "document.querySelector('cxrelay-player').stats"
+    before = page.evaluate(stats)
+    page.evaluate("window.slowDecoder = true")
+    page.wait_for_timeout(2500)  # more than a GOP
+    slow = page.evaluate(stats)
+    dropped = slow["dropped"] - before["dropped"]
+    shown = slow["painted"] - before["painted"]
+    assert dropped >= 20, (before, slow)  # most of 2.5 s at 25 fps was skipped...
+    assert 1 <= shown <= 10, (before, slow)  # ...but the keyframes still came through
+    page.evaluate("window.slowDecoder = false")
+    page.wait_for_timeout(2500)  # the next keyframe ends the skipping
+    fast = page.evaluate(stats)
+    page.wait_for_timeout(1000)
+    after = page.evaluate(stats)
+    assert after["dropped"] == fast["dropped"], (fast, after)
+    assert after["painted"] - fast["painted"] >= 15, (fast, after)
+
+
 @pytest.mark.parametrize("mode", ["webcodecs", "mse"])
 def test_recovers_when_the_daemon_restarts(page: Any, fresh_demo: Daemon, mode: str) -> None:
     if mode == "mse":
