@@ -1,0 +1,157 @@
+"""The test camera's "stamp": an SEI NAL unit carrying wall-clock time and a frame counter.
+
+The camera puts one stamp SEI in every access unit, just before the first slice. Readers
+use it two ways: latency (wall clock now minus the stamp) and identity (the relay must
+forward camera NAL units byte for byte, so the stamp must come out the other end intact).
+
+Pure Python on purpose: imported both by Debian's /usr/bin/python3 (the GStreamer camera)
+and by the project's Python (tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from collections.abc import Iterator
+
+STAMP_UUID: bytes = uuid.UUID("6378726c-6179-4a73-8c74-616d70536549").bytes
+"""16-byte user_data_unregistered UUID that marks a stamp SEI (a fixed, random-looking v4)."""
+
+NAL_SEI = 6
+SEI_USER_DATA_UNREGISTERED = 5
+_PAYLOAD = struct.Struct(">QQ")
+_PAYLOAD_SIZE = len(STAMP_UUID) + _PAYLOAD.size
+
+
+def escape_rbsp(rbsp: bytes) -> bytes:
+    """Insert emulation-prevention bytes so no 00 00 0x (x <= 3) appears in the NAL unit."""
+    out = bytearray()
+    zeros = 0
+    for byte in rbsp:
+        if zeros >= 2 and byte <= 3:
+            out.append(3)
+            zeros = 0
+        out.append(byte)
+        zeros = zeros + 1 if byte == 0 else 0
+    return bytes(out)
+
+
+def unescape_rbsp(ebsp: bytes) -> bytes:
+    """Remove emulation-prevention bytes (the 03 in 00 00 03)."""
+    if b"\x00\x00\x03" not in ebsp:
+        return ebsp
+    out = bytearray()
+    zeros = 0
+    for byte in ebsp:
+        if zeros >= 2 and byte == 3:
+            zeros = 0
+            continue
+        out.append(byte)
+        zeros = zeros + 1 if byte == 0 else 0
+    return bytes(out)
+
+
+def make_stamp_sei(wall_us: int, counter: int) -> bytes:
+    """An SEI NAL unit (no start code) holding one user_data_unregistered stamp message."""
+    rbsp = (
+        bytes([SEI_USER_DATA_UNREGISTERED, _PAYLOAD_SIZE])
+        + STAMP_UUID
+        + _PAYLOAD.pack(wall_us & 0xFFFF_FFFF_FFFF_FFFF, counter & 0xFFFF_FFFF_FFFF_FFFF)
+        + b"\x80"  # rbsp_trailing_bits
+    )
+    return bytes([NAL_SEI]) + escape_rbsp(rbsp)
+
+
+def iter_annexb(data: bytes) -> Iterator[bytes]:
+    """NAL units (without start codes) of an Annex B byte string.
+
+    Bytes before the first start code are yielded too when present: a reader that gets
+    a NAL unit fragment (RTP FU-A continuation) still gets to look at it.
+    """
+    starts: list[tuple[int, int]] = []  # (start code position, payload position)
+    pos = data.find(b"\x00\x00\x01")
+    while pos >= 0:
+        code_at = pos - 1 if pos > 0 and data[pos - 1] == 0 else pos
+        starts.append((code_at, pos + 3))
+        pos = data.find(b"\x00\x00\x01", pos + 3)
+    if not starts:
+        if data:
+            yield data
+        return
+    if starts[0][0] > 0:
+        yield data[: starts[0][0]]
+    for index, (_, begin) in enumerate(starts):
+        end = starts[index + 1][0] if index + 1 < len(starts) else len(data)
+        # A NAL unit never ends in a zero byte (rbsp_stop_one_bit): trailing zeros are
+        # trailing_zero_8bits or the first byte of a four-byte start code.
+        yield data[begin:end].rstrip(b"\x00")
+
+
+def nal_type(nal: bytes) -> int:
+    """nal_unit_type of a NAL unit (0 for an empty one)."""
+    return nal[0] & 0x1F if nal else 0
+
+
+def _sei_messages(rbsp: bytes) -> Iterator[tuple[int, bytes]]:
+    """(payload type, payload) of each message in an SEI RBSP (NAL header removed)."""
+    pos = 0
+    while pos < len(rbsp) and rbsp[pos:] != b"\x80":
+        payload_type = 0
+        while pos < len(rbsp) and rbsp[pos] == 0xFF:
+            payload_type += 255
+            pos += 1
+        if pos >= len(rbsp):
+            return
+        payload_type += rbsp[pos]
+        pos += 1
+        size = 0
+        while pos < len(rbsp) and rbsp[pos] == 0xFF:
+            size += 255
+            pos += 1
+        if pos >= len(rbsp):
+            return
+        size += rbsp[pos]
+        pos += 1
+        if pos + size > len(rbsp):
+            return
+        yield payload_type, rbsp[pos : pos + size]
+        pos += size
+
+
+def stamp_of_nal(nal: bytes) -> tuple[int, int] | None:
+    """(wall_us, counter) if this NAL unit is a stamp SEI, else None."""
+    if nal_type(nal) != NAL_SEI or STAMP_UUID[:4] not in nal:
+        return None
+    for payload_type, payload in _sei_messages(unescape_rbsp(nal[1:])):
+        if (
+            payload_type == SEI_USER_DATA_UNREGISTERED
+            and len(payload) >= _PAYLOAD_SIZE
+            and payload[:16] == STAMP_UUID
+        ):
+            wall_us, counter = _PAYLOAD.unpack_from(payload, 16)
+            return wall_us, counter
+    return None
+
+
+def find_stamps(access_unit_annexb: bytes) -> list[tuple[int, int]]:
+    """Every stamp in an Annex B byte string, in order (more than one means merged units)."""
+    found: list[tuple[int, int]] = []
+    for nal in iter_annexb(access_unit_annexb):
+        stamp = stamp_of_nal(nal)
+        if stamp is not None:
+            found.append(stamp)
+    return found
+
+
+def find_stamp(access_unit_annexb: bytes) -> tuple[int, int] | None:
+    """(wall_us, counter) of the first stamp SEI in an Annex B access unit, or None."""
+    for nal in iter_annexb(access_unit_annexb):
+        stamp = stamp_of_nal(nal)
+        if stamp is not None:
+            return stamp
+    return None
+
+
+def count_slices(access_unit_annexb: bytes) -> int:
+    """Number of VCL NAL units (coded slices, types 1-5) in an Annex B byte string."""
+    return sum(1 for nal in iter_annexb(access_unit_annexb) if 1 <= nal_type(nal) <= 5)
