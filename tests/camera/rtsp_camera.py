@@ -59,6 +59,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="inband",
         help="inband: SPS/PPS before every IDR; sdp: SPS/PPS in the SDP only",
     )
+    parser.add_argument(
+        "--aggregate",
+        choices=("none", "zero-latency", "max"),
+        default="none",
+        help="rtph264pay STAP-A aggregation; none (one NAL unit per packet) is what "
+        "most real cameras do",
+    )
+    parser.add_argument("--mtu", type=int, default=1400, help="RTP packet size (FU-A above)")
     parser.add_argument("--stamp", action="store_true", help="stamp SEI in every access unit")
     parser.add_argument("--user", help="require RTSP authentication as this user")
     parser.add_argument("--password", default="", help="password for --user")
@@ -108,12 +116,15 @@ def encoder_description(args: argparse.Namespace) -> str:
     )
 
 
-MEDIA_DESCRIPTION = (
-    "( appsrc name=src is-live=true format=time do-timestamp=false "
-    "max-bytes=0 max-buffers=100 block=false "
-    # config-interval=0: never re-insert SPS/PPS; in sdp mode they must stay out of band.
-    "! rtph264pay name=pay0 pt=96 config-interval=0 aggregate-mode=zero-latency )"
-)
+def media_description(args: argparse.Namespace) -> str:
+    """The RTSP media: encoded units come in through the appsrc, one buffer per unit."""
+    return (
+        "( appsrc name=src is-live=true format=time do-timestamp=false "
+        "max-bytes=0 max-buffers=100 block=false "
+        # config-interval=0: never re-insert SPS/PPS; in sdp mode they must stay out of band.
+        f"! rtph264pay name=pay0 pt=96 config-interval=0 aggregate-mode={args.aggregate} "
+        f"mtu={args.mtu} )"
+    )
 
 
 def avcc_from(sps: bytes, pps: bytes) -> bytes:
@@ -285,7 +296,7 @@ class Camera:
 
     def make_factory(self) -> GstRtspServer.RTSPMediaFactory:
         factory = GstRtspServer.RTSPMediaFactory()
-        factory.set_launch(MEDIA_DESCRIPTION)
+        factory.set_launch(media_description(self.args))
         factory.set_shared(True)
         factory.set_protocols(GstRtsp.RTSPLowerTrans.TCP | GstRtsp.RTSPLowerTrans.UDP)
         factory.connect("media-configure", self.on_media_configure)

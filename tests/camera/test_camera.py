@@ -216,3 +216,18 @@ def test_sigterm_exits_cleanly_while_streaming(cameras: list[RtspCamera]) -> Non
 def test_harness_reports_camera_stderr_when_it_cannot_start() -> None:
     with pytest.raises(RuntimeError, match="camera stderr"):
         RtspCamera(params="bogus").start()
+
+
+def test_one_nal_unit_per_rtp_packet_and_fu_a_above_the_mtu(cameras: list[RtspCamera]) -> None:
+    # Like most real cameras: no STAP-A aggregation, big slices fragmented (FU-A).
+    camera = start(cameras, slices=2, stamp=True, mtu=300, gop=5)
+    options = {"rtsp_transport": "tcp", "probesize": "32", "fflags": "+noparse+nofillin"}
+    with av.open(camera.url, options=options, timeout=(5, 5)) as container:
+        payloads = [
+            bytes(packet) for _, packet in zip(range(200), container.demux(video=0), strict=False)
+        ]
+    starts = [p for p in payloads if p.startswith(b"\0\0\0\1") or p.startswith(b"\0\0\1")]
+    assert all(len(list(iter_annexb(p))) == 1 for p in starts), "one NAL unit per packet"
+    assert len(starts) < len(payloads), "FU-A continuations come without a start code"
+    whole = b"".join(payloads)
+    assert len(find_stamps(whole)) >= 10
