@@ -236,9 +236,8 @@ def test_probe_with_credentials(rtsp_camera: Any) -> None:
 
 
 @pytest.mark.rtsp
-def test_probe_over_udp(rtsp_camera: Any) -> None:
-    cam = rtsp_camera()
-    report = probe(cam.url, seconds=1, transport="udp")
+def test_probe_over_udp(shared_camera: Any) -> None:
+    report = probe(shared_camera.url, seconds=1, transport="udp")
     assert report.ok, report.error
     assert report.transport == "udp"
     assert report.frames > 0
