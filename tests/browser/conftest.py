@@ -153,14 +153,11 @@ def fresh_demo() -> Iterator[Daemon]:
 @pytest.fixture(scope="module")
 def rtsp_camera() -> Iterator[Any]:
     """The GStreamer RTSP camera with a 10 s keyframe interval (250 frames at 25 fps)."""
-    if not shutil.which("/usr/bin/python3"):
-        pytest.skip("Debian's python3 (GStreamer bindings) is missing")
-    sys.path.insert(0, str(ROOT))
-    try:
-        from tests.camera.harness import RtspCamera
-    except ImportError as e:
-        pytest.skip(f"RTSP test camera harness not available: {e}")
-    cam = RtspCamera(port=0, gop=250, fps=25)
+    from tests.camera.harness import SYSTEM_PYTHON, RtspCamera
+
+    if not shutil.which(SYSTEM_PYTHON):
+        pytest.skip("Debian's python3 (with the GStreamer bindings) is missing")
+    cam = RtspCamera(port=0, gop=250, fps=25).start()
     yield cam
     cam.stop()
 
