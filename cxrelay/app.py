@@ -18,8 +18,10 @@ import structlog
 from cxrelay import __version__
 from cxrelay.config import Config, ConfigError
 from cxrelay.hub import CameraHub
+from cxrelay.logs import add_secrets
 from cxrelay.metrics import Metrics
 from cxrelay.protocol import CLOSE_GOING_AWAY
+from cxrelay.redact import url_secrets
 from cxrelay.sdnotify import Notifier, status_line, watchdog_loop
 from cxrelay.server import RelayServer
 
@@ -153,10 +155,15 @@ class Relay:
         old_server = self.config.server
         # The listener itself can't change under running viewers; everything
         # else (origins, limits, backlog bounds, the secret) applies at once.
-        fixed = ("host", "port", "tls_cert", "tls_key")
+        fixed = ("host", "port", "tls_cert", "tls_key", "handshake_timeout", "max_message_size",
+                 "ping_interval", "ping_timeout")
         server = replace(new.server, **{k: getattr(old_server, k) for k in fixed})
         if any(getattr(new.server, k) != getattr(old_server, k) for k in fixed):
-            log.warning("listen address or TLS files changed: restart cxrelay to apply them")
+            log.warning("listener settings changed: restart cxrelay to apply them",
+                        keys=[k for k in fixed if getattr(new.server, k) != getattr(old_server, k)])
+        add_secrets(s for c in new.cameras for s in url_secrets(c.url))
+        if new.auth.secret:
+            add_secrets([new.auth.secret])
         self.config = Config(server=server, cameras=new.cameras, auth=new.auth,
                              log=self.config.log, path=new.path)
         if self.server is not None:

@@ -12,17 +12,23 @@ import structlog
 
 from cxrelay.redact import redact_text
 
+# Known secrets, longest first (so one that contains another is scrubbed whole).
+# Module state on purpose: structlog's processors are configured once, and a
+# reload that adds a camera must teach them its password.
+_secrets: tuple[str, ...] = ()
 
-def _scrubber(secrets: tuple[str, ...]) -> Any:
+
+def add_secrets(secrets: Iterable[str]) -> None:
+    global _secrets
+    _secrets = tuple(sorted({*_secrets, *(s for s in secrets if s)}, key=len, reverse=True))
+
+
+def _scrub(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     """Last line of defence: whatever slipped into an event, no credential leaves."""
-
-    def scrub(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
-        for key, value in event.items():
-            if isinstance(value, str):
-                event[key] = redact_text(value, secrets)
-        return event
-
-    return scrub
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = redact_text(value, _secrets)
+    return event
 
 
 def configure_logging(
@@ -32,6 +38,7 @@ def configure_logging(
     stream: TextIO | None = None,
 ) -> None:
     stream = stream or sys.stdout
+    add_secrets(secrets)
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
     renderer: Any
@@ -46,7 +53,7 @@ def configure_logging(
             structlog.processors.add_log_level,
             timestamper,
             structlog.processors.format_exc_info,
-            _scrubber(tuple(sorted(set(secrets), key=len, reverse=True))),
+            _scrub,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

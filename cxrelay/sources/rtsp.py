@@ -20,9 +20,11 @@ def rtsp_options(transport: str, read_timeout: float, parser: bool) -> dict[str,
         # Socket timeout in microseconds; the old "stimeout" is silently ignored.
         "timeout": str(int(read_timeout * 1_000_000)),
         "allowed_media_types": "video",
-        "fflags": "+nobuffer+nofillin" if parser else "+nobuffer+noparse+nofillin",
+        "fflags": "+nofillin" if parser else "+noparse+nofillin",
         # The SDP is all FFmpeg needs to know the stream; don't sit probing it.
-        "probesize": "32768",
+        # (No +nobuffer: it throws away what probing read, and with it the
+        # keyframe many cameras send right after PLAY.)
+        "probesize": "32",
         "analyzeduration": "0",
     }
     if transport == "udp":
