@@ -18,7 +18,8 @@
  *            'offline' | 'error'
  *   reason   human-readable reason for the state, or ''
  *   stats    {mode: 'webcodecs'|'mse'|null, codec, width, height, fps, bitrate (bit/s),
- *            decoded, dropped, painted, latency (ms, Date.now() − relay ingest time)}
+ *            decoded, dropped (skipped to keep latency down), painted,
+ *            latency (ms, Date.now() − relay ingest time)}
  *
  * Events:
  *   statechange  detail {state, reason}
@@ -98,7 +99,7 @@ export class CxrelayPlayer extends HTMLElement {
       fps: stale ? 0 : Math.round(this._fps * 10) / 10,
       bitrate: stale ? 0 : Math.round(this._bps),
       decoded: mse ? mse.totalVideoFrames : this._decoded,
-      dropped: this._dropped + (mse ? mse.droppedVideoFrames : 0),
+      dropped: this._dropped,
       painted: mse ? mse.totalVideoFrames - mse.droppedVideoFrames : this._painted,
       latency: Math.round(this._mode === 'mse' ? this._mseLatency() : this._lat),
     };

@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -133,21 +134,28 @@ def page(browser: Any) -> Iterator[Any]:
     context.close()
 
 
+@contextmanager
+def running(*args: str, live: str) -> Iterator[Daemon]:
+    """A daemon with `args`, once camera `live` is live; always stopped afterwards."""
+    daemon = Daemon(*args)
+    try:
+        daemon.start().wait_live(live)
+        yield daemon
+    finally:
+        daemon.close()
+
+
 @pytest.fixture(scope="module")
 def demo() -> Iterator[Daemon]:
-    daemon = Daemon("--demo").start()
-    daemon.wait_live("demo")
-    yield daemon
-    daemon.close()
+    with running("--demo", live="demo") as daemon:
+        yield daemon
 
 
 @pytest.fixture
 def fresh_demo() -> Iterator[Daemon]:
     """A daemon of its own, for tests that kill and restart it."""
-    daemon = Daemon("--demo").start()
-    daemon.wait_live("demo")
-    yield daemon
-    daemon.close()
+    with running("--demo", live="demo") as daemon:
+        yield daemon
 
 
 @pytest.fixture(scope="module")
@@ -157,14 +165,14 @@ def rtsp_camera() -> Iterator[Any]:
 
     if not shutil.which(SYSTEM_PYTHON):
         pytest.skip("Debian's python3 (with the GStreamer bindings) is missing")
-    cam = RtspCamera(port=0, gop=250, fps=25).start()
-    yield cam
-    cam.stop()
+    cam = RtspCamera(port=0, gop=250, fps=25)
+    try:
+        yield cam.start()
+    finally:
+        cam.stop()
 
 
 @pytest.fixture(scope="module")
 def rtsp_relay(rtsp_camera: Any) -> Iterator[Daemon]:
-    daemon = Daemon("--camera", f"cam={rtsp_camera.url}").start()
-    daemon.wait_live("cam")
-    yield daemon
-    daemon.close()
+    with running("--camera", f"cam={rtsp_camera.url}", live="cam") as daemon:
+        yield daemon
