@@ -29,9 +29,10 @@ from typing import Any
 import gi
 
 gi.require_version("Gst", "1.0")
+gi.require_version("GstBase", "1.0")
 gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
+from gi.repository import GLib, Gst, GstBase, GstRtsp, GstRtspServer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stamp import iter_annexb, make_stamp_sei, nal_type  # noqa: E402
@@ -273,6 +274,9 @@ class Camera:
     def on_media_configure(self, _factory: Any, media: GstRtspServer.RTSPMedia) -> None:
         appsrc = media.get_element().get_by_name_recurse_up("src")
         appsrc.set_property("caps", self.appsrc_caps())
+        pipeline = media.get_element().get_parent()
+        if pipeline is not None:
+            pipeline.connect("deep-element-added", unsync_sink)
         feed = Feed(appsrc)
         with self.lock:
             self.feeds.append(feed)
@@ -347,6 +351,25 @@ class Camera:
             self.server.client_filter(lambda *_: GstRtspServer.RTSPFilterResult.REMOVE)
         if self.producer is not None:
             self.producer.set_state(Gst.State.NULL)
+
+
+def unsync_sink(_bin: Gst.Bin, _parent: Gst.Bin, element: Gst.Element) -> None:
+    """Send every unit the moment it is encoded, like a camera.
+
+    gst-rtsp-server's RTP sinks sync on buffer timestamps (that paces file playback), and
+    the media pipeline pauses for a moment while it gets ready, which leaves its running
+    time behind the timestamps we derived from it: the sinks would then hold every unit
+    back for as long as that pause lasted.
+    """
+    if isinstance(element, GstBase.BaseSink):
+        element.set_property("sync", False)
+        # gst-rtsp-server sets sync again once the sink is in: undo it whenever that happens.
+        element.connect("notify::sync", keep_unsynced)
+
+
+def keep_unsynced(element: Gst.Element, _spec: object) -> None:
+    if element.get_property("sync"):
+        element.set_property("sync", False)
 
 
 def first_valid(*times: int) -> int:
