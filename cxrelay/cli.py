@@ -58,6 +58,10 @@ def build_config(
               help="Address to listen on.  [default: 127.0.0.1; env: CXRELAY_HOST]")
 @click.option("--port", type=click.IntRange(0, 65535), envvar="CXRELAY_PORT",
               help="Port to listen on.  [default: 8080; env: CXRELAY_PORT]")
+@click.option("--allowed-origin", "allowed_origins", multiple=True, metavar="ORIGIN",
+              envvar="CXRELAY_ALLOWED_ORIGIN",
+              help="Let pages from this origin watch (repeatable), e.g. https://shop.example.com "
+                   "or https://*.example.com.  [env: CXRELAY_ALLOWED_ORIGIN, space-separated]")
 @click.option("--demo", is_flag=True, default=False, envvar="CXRELAY_DEMO",
               help="Add the built-in synthetic camera 'demo'.  [env: CXRELAY_DEMO]")
 @click.option("--log-format", type=click.Choice(LOG_FORMATS, case_sensitive=False),
@@ -66,9 +70,10 @@ def build_config(
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
               envvar="CXRELAY_LOG_LEVEL", help="[default: info; env: CXRELAY_LOG_LEVEL]")
 def serve(config_path: str | None, cameras: tuple[str, ...], host: str | None,
-          port: int | None, demo: bool, log_format: str | None, log_level: str | None) -> None:
+          port: int | None, allowed_origins: tuple[str, ...], demo: bool,
+          log_format: str | None, log_level: str | None) -> None:
     """Run the relay."""
-    overrides = {"demo": demo, "host": host, "port": port,
+    overrides = {"demo": demo, "host": host, "port": port, "allowed_origins": allowed_origins,
                  "log_format": log_format and log_format.lower(),
                  "log_level": log_level and log_level.lower()}
 

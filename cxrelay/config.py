@@ -405,6 +405,7 @@ def with_overrides(
     demo: bool = False,
     host: str | None = None,
     port: int | None = None,
+    allowed_origins: tuple[str, ...] = (),
     log_format: str | None = None,
     log_level: str | None = None,
 ) -> Config:
@@ -414,6 +415,13 @@ def with_overrides(
         server = replace(server, host=host)
     if port is not None:
         server = replace(server, port=port)
+    for origin in allowed_origins:
+        try:
+            OriginPolicy((origin,))
+        except ValueError as exc:
+            raise ConfigError(f"--allowed-origin: {exc}") from None
+    if allowed_origins:
+        server = replace(server, allowed_origins=server.allowed_origins + allowed_origins)
     log = replace(
         config.log,
         **({"format": log_format} if log_format else {}),

@@ -45,6 +45,7 @@ def test_version() -> None:
         (["serve", "--camera", "x=http://u:hunter22@h/x"], "unsupported scheme 'http'"),
         (["serve", "--config", "/nonexistent.toml"], "/nonexistent.toml: no such file"),
         (["serve", "--demo", "--camera", "demo=rtsp://h/x"], "duplicate camera name"),
+        (["serve", "--demo", "--allowed-origin", "https://shop.example.com/"], "--allowed-origin"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(args: list[str], expected: str) -> None:
