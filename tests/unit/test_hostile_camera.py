@@ -1,0 +1,102 @@
+"""A camera that sends garbage hurts only its own viewers (issue 5).
+
+Two hubs on one loop: one camera is fed corrupt NAL units, an absurd SPS,
+a resolution change and timestamps that jump backwards; the other camera's
+viewer must see exactly its own frames, and the bad camera's viewer must get
+a new init whenever the stream really changes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from pathlib import Path
+from typing import Any
+from unittest.mock import AsyncMock, MagicMock, patch
+
+from cxrelay.config import CameraConfig, ServerConfig
+from cxrelay.h264 import split_annexb, to_annexb
+from cxrelay.hub import CameraHub
+from cxrelay.metrics import Metrics
+from cxrelay.protocol import decode_frame
+from cxrelay.sources import StreamInfo
+from cxrelay.viewer import Viewer
+
+DATA = Path(__file__).parent.parent / "data"
+
+
+def units(name: str) -> list[bytes]:
+    data = (DATA / f"{name}.h264").read_bytes()
+    meta = json.loads((DATA / f"{name}.json").read_text())
+    out, offset = [], 0
+    for _, size, _ in meta["packets"]:
+        out.append(data[offset:offset + size])
+        offset += size
+    return out
+
+
+def absurd_sps() -> bytes:
+    # profile 66, level 30, then an exp-Golomb width far beyond any level.
+    return b"\x00\x00\x00\x01\x67\x42\xc0\x1e\xff\xff\xff\xff\xff\xff\x00\x00\x01\x05"
+
+
+async def test_garbage_from_one_camera_leaves_the_other_untouched() -> None:
+    loop = asyncio.get_running_loop()
+    metrics = Metrics()
+    with patch("cxrelay.hub.create_source", side_effect=lambda *a: MagicMock()):
+        bad = CameraHub(CameraConfig("bad", "rtsp://h/bad"), server=ServerConfig(),
+                        metrics=metrics, loop=loop)
+        good = CameraHub(CameraConfig("good", "rtsp://h/good"), server=ServerConfig(),
+                         metrics=metrics, loop=loop)
+        for hub in (bad, good):
+            hub.start()
+            hub.source_connected(hub._source, StreamInfo(b"", None, whole_units=True))
+    viewers: dict[str, Viewer] = {}
+    for hub in (bad, good):
+        ws = AsyncMock()
+        ws.sent = []
+        ws.send.side_effect = ws.sent.append
+        viewers[hub.name] = Viewer(ws, hub.new_backlog(), metrics)
+        hub.attach(viewers[hub.name])
+    pumps = [asyncio.ensure_future(v.pump()) for v in viewers.values()]
+
+    small, big = units("baseline"), units("bframes")  # 640x360, then 1280x720
+    rng = random.Random(5)
+    good_sent = []
+    for i, unit in enumerate(small):
+        good.source_packet(good._source, unit, i * 40_000, i)
+        good_sent.append(unit)
+        # Meanwhile the bad camera: real frames mixed with every kind of junk.
+        bad.source_packet(bad._source, unit, i * 40_000, i)
+        junk = [
+            bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 300))),
+            b"\x00\x00\x00\x01" + bytes(rng.getrandbits(8) for _ in range(50)),
+            absurd_sps(),
+            b"\x00\x00\x01\x65",  # an IDR slice header cut short
+            to_annexb(split_annexb(unit)[:-1])[: len(unit) // 2],
+        ]
+        bad.source_packet(bad._source, junk[i % len(junk)], -i * 1_000_000, i)  # time runs back
+        await asyncio.sleep(0)
+    for i, unit in enumerate(big):  # the camera switches resolution mid-stream
+        bad.source_packet(bad._source, unit, 10_000_000 + i * 40_000, i)
+    await asyncio.sleep(0.05)
+    for p in pumps:
+        p.cancel()
+
+    good_frames = [decode_frame(m) for m in viewers["good"].ws.sent if isinstance(m, bytes)]
+    assert [split_annexb(f.payload) for f in good_frames] == \
+        [split_annexb(u) for u in good_sent]
+    good_texts = [json.loads(m) for m in viewers["good"].ws.sent if isinstance(m, str)]
+    assert [t["type"] for t in good_texts] == ["status", "init", "status"]
+
+    bad_texts = [json.loads(m) for m in viewers["bad"].ws.sent if isinstance(m, str)]
+    inits = [t for t in bad_texts if t["type"] == "init"]
+    assert [(t["width"], t["height"]) for t in inits] == [(640, 360), (1280, 720)]
+    # After the second init, the first frame is a keyframe of the new stream.
+    sent: list[Any] = viewers["bad"].ws.sent
+    second = max(i for i, m in enumerate(sent) if isinstance(m, str) and '"init"' in m)
+    first_after = decode_frame(next(m for m in sent[second:] if isinstance(m, bytes)))
+    assert first_after.keyframe
+    assembler = bad._assembler
+    assert assembler.dropped_corrupt + assembler.dropped_partial > 0
+    assert assembler.internal_errors == 0
