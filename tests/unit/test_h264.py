@@ -42,6 +42,7 @@ from cxrelay.h264 import (
     to_annexb,
     unescape_rbsp,
 )
+from tests.camera.stamp import escape_rbsp as escape
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 ENCODES = ["baseline", "slices4", "bframes", "sei_aud", "slice_change",
@@ -395,18 +396,6 @@ class Bits:
         text = "".join(self.bits) + "1"  # rbsp_stop_one_bit
         text += "0" * (-len(text) % 8)
         return bytes([header]) + escape(int(text, 2).to_bytes(len(text) // 8, "big"))
-
-
-def escape(rbsp: bytes) -> bytes:
-    out = bytearray()
-    zeros = 0
-    for byte in rbsp:
-        if zeros >= 2 and byte <= 3:
-            out.append(3)
-            zeros = 0
-        out.append(byte)
-        zeros = zeros + 1 if byte == 0 else 0
-    return bytes(out)
 
 
 def make_sps(*, profile: int = 66, sps_id: int = 0, width_mbs: int = 40, height_mbs: int = 23,

@@ -20,6 +20,7 @@ from cxrelay.h264 import (
     to_annexb,
     unescape_rbsp,
 )
+from tests.camera.stamp import escape_rbsp as escape
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 STREAMS = ["baseline", "slices4", "bframes", "sei_aud", "slice_change", "variant_interlaced"]
@@ -235,18 +236,6 @@ def test_any_grouping_and_timer_give_the_true_units(where: tuple[str, int, int],
 
 
 # --- Annex B and RBSP round trips -----------------------------------------------------------------
-
-
-def escape(rbsp: bytes) -> bytes:
-    out = bytearray()
-    zeros = 0
-    for byte in rbsp:
-        if zeros >= 2 and byte <= 3:
-            out.append(3)
-            zeros = 0
-        out.append(byte)
-        zeros = zeros + 1 if byte == 0 else 0
-    return bytes(out)
 
 
 # A NAL unit: header byte, escaped payload, ending in a non-zero byte (the stop bit).
