@@ -99,6 +99,8 @@ def run(config: Config, reload_config: Callable[[], Config] | None) -> None:
     configure_logging(config.log.format, config.log.level, secrets)
     try:
         uvloop.run(run_relay(config, reload_config))
+    except ConfigError as exc:  # found only when starting, e.g. unreadable TLS files
+        fail(str(exc))
     except OSError as exc:  # typically the port is taken or the address is not ours
         fail(f"cannot listen on {config.server.host}:{config.server.port}: "
              f"{exc.strerror or exc}", EXIT_ERROR)

@@ -32,7 +32,7 @@ from cxrelay.access import (
     TokenVerifier,
     token_from_request,
 )
-from cxrelay.config import Config
+from cxrelay.config import Config, ConfigError
 from cxrelay.hub import CameraHub
 from cxrelay.metrics import Metrics
 from cxrelay.protocol import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_AGAIN, CLOSE_UNSUPPORTED
@@ -140,7 +140,12 @@ class RelayServer:
         if not cfg.tls_cert:
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        try:
+            context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror or exc.reason or str(exc)
+            raise ConfigError(f"server.tls_cert/tls_key: cannot load {cfg.tls_cert} and "
+                              f"{cfg.tls_key}: {reason}") from None
         self._ssl = context
         return context
 
@@ -148,10 +153,6 @@ class RelayServer:
     def port(self) -> int:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
-
-    @property
-    def sockets(self) -> list[Any]:
-        return list(self._server.sockets) if self._server else []
 
     def close(self) -> None:
         """Stop accepting, and close every viewer with 1001 going away."""
