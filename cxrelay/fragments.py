@@ -44,6 +44,7 @@ class FragmentJoiner:
         self._pts = 0
         self._ingest = 0
         self._open = False  # the last NAL unit may still get continuation bytes
+        self._first_len = 0  # length of the last NAL unit of the latest start packet
         self.fragment_size = 0  # learned: the size of a full continuation packet
         self.orphans = 0  # continuation bytes with nothing to continue (packet loss)
 
@@ -62,7 +63,7 @@ class FragmentJoiner:
         self._parts = [data]
         self._pts = pts_us
         self._ingest = ingest_us
-        last = _last_nal_length(data)
+        last = self._first_len = _last_nal_length(data)
         if self.fragment_size:
             # A first fragment holds the rebuilt NAL header plus one full fragment.
             self._open = last >= self.fragment_size + 1
@@ -76,6 +77,12 @@ class FragmentJoiner:
         if not self._parts:
             self.orphans += 1
             return []
+        if len(self._parts) == 1:
+            # Its start packet was a first fragment, and first fragments are
+            # full: the rebuilt NAL header plus exactly one fragment's bytes.
+            # (Learning from continuations alone would take a short last
+            # fragment for the full size, and hold back every NAL unit above it.)
+            self.fragment_size = max(self.fragment_size, self._first_len - 1)
         self.fragment_size = max(self.fragment_size, len(data))
         self._parts.append(data)
         self._ingest = ingest_us

@@ -70,3 +70,18 @@ def test_large_unfragmented_nal_before_learning_is_held_not_lost() -> None:
     n = nal(0x41, 1200)  # could be a first fragment: hold it
     assert j.push(SC + n, 0, 0) == []
     assert next(c.data for c in j.push(SC + nal(0x09, 2), 40, 40)) == SC + n
+
+
+def test_fragment_size_is_learned_from_the_first_fragment() -> None:
+    """A NAL unit cut in two leaves a short last fragment; the full size is
+    the first fragment's, so smaller NAL units later are released at once."""
+    j = FragmentJoiner()
+    pkts = packets_for(nal(0x65, 1386 + 118))
+    assert len(pkts) == 2 and len(pkts[1]) == 117
+    for p in pkts[:-1]:
+        assert j.push(p, 0, 0) == []
+    assert len(j.push(pkts[-1], 0, 0)) == 1
+    assert j.fragment_size == 1386
+    slice_ = nal(0x41, 600)
+    assert [c.data for c in j.push(SC + slice_, 40, 40)] == [SC + slice_]
+    assert not j.pending
