@@ -126,10 +126,10 @@ async def test_camera_restart_keeps_viewers_connected(rtsp_camera) -> None:
     async with running_relay(make_config([camera])) as relay, \
             viewer(relay.server.port, "cam") as v:
         await v.until(is_frame)
-        cam.stop()
+        await asyncio.to_thread(cam.stop)
         seen = await v.until(is_status("offline"), timeout=15)
         assert seen[-1].get("reason")
-        cam.restart()
+        await asyncio.to_thread(cam.restart)
         seen = await v.until(is_init, timeout=40)
         assert not any(is_init(m) for m in seen[:-1])
         after = await v.until(is_frame)
