@@ -269,13 +269,15 @@ class CameraHub:
             return
         assembler = self._assembler
         if self._whole_units:
+            # Not flushed at once: FFmpeg's parser can cut a multi-slice
+            # picture in two packets, and the assembler rejoins them. Once the
+            # slice layout is known, a unit still leaves with its last slice.
             units = assembler.push(data, pts_us, ingest_us)
-            units += assembler.flush()
         else:
             units = []
             for chunk in self._joiner.push(data, pts_us, ingest_us):
                 units += assembler.push(chunk.data, chunk.pts_us, chunk.ingest_us)
-            self._arm_idle()
+        self._arm_idle()
         for unit in units:
             self._publish(unit)
 

@@ -274,3 +274,15 @@ async def test_udp_transport(rtsp_camera) -> None:
         _, frames = await first_live_frames(v, 25)
         assert frames[0].keyframe
         assert all(find_stamp(f.payload) for f in frames)
+
+
+async def test_parser_fallback_still_sends_whole_pictures(rtsp_camera) -> None:
+    """`assembly = "parser"`: FFmpeg's parser cuts the units (a frame later)."""
+    cam = rtsp_camera(stamp=True, slices=2)
+    camera = CameraConfig(name="cam", url=cam.url, assembly="parser")
+    async with running_relay(make_config([camera])) as relay, \
+            viewer(relay.server.port, "cam") as v:
+        _, frames = await first_live_frames(v, 30)
+        stamps = [find_stamp(f.payload)[1] for f in frames]
+        assert stamps == list(range(stamps[0], stamps[0] + len(stamps)))
+        assert all(sum(k in (1, 5) for k in types(f)) == 2 for f in frames)
