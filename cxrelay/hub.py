@@ -88,6 +88,7 @@ class CameraHub:
         self._retired: list[Source] = []
         self._assembler = AccessUnitAssembler()
         self._joiner = FragmentJoiner()
+        self._drops_counted = (0, 0)  # the assembler's drop counters, as already reported
         self._whole_units = True
         self._gop = GopCache(camera.gop_cache_bytes)
         self._init: str | None = None
@@ -240,6 +241,7 @@ class CameraHub:
             return
         self._reset_stream()
         self._assembler = AccessUnitAssembler(info.extradata)
+        self._drops_counted = (0, 0)
         self._whole_units = info.whole_units
         self._connections += 1
         details = {"transport": info.transport} if info.transport else {}
@@ -280,6 +282,7 @@ class CameraHub:
         self._arm_idle()
         for unit in units:
             self._publish(unit)
+        self._count_drops()
 
     # --- assembly -------------------------------------------------------------------------------
 
@@ -303,6 +306,22 @@ class CameraHub:
         units += self._assembler.flush()
         for unit in units:
             self._publish(unit)
+        self._count_drops()
+
+    def _count_drops(self) -> None:
+        """Pictures the assembler refused (lost packets, garbage) into the metrics."""
+        a = self._assembler
+        partial, corrupt = a.dropped_partial, a.dropped_corrupt + a.dropped_no_parameter_sets
+        if (partial, corrupt) == self._drops_counted:
+            return
+        new_partial = partial - self._drops_counted[0]
+        new_corrupt = corrupt - self._drops_counted[1]
+        self._drops_counted = (partial, corrupt)
+        if new_partial:
+            self.metrics.frames_dropped.labels("partial").inc(new_partial)
+        if new_corrupt:
+            self.metrics.frames_dropped.labels("corrupt").inc(new_corrupt)
+        self.log.debug("pictures dropped", partial=new_partial, corrupt=new_corrupt)
 
     # --- fan-out --------------------------------------------------------------------------------
 

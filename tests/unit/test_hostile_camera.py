@@ -100,3 +100,9 @@ async def test_garbage_from_one_camera_leaves_the_other_untouched() -> None:
     assembler = bad._assembler
     assert assembler.dropped_corrupt + assembler.dropped_partial > 0
     assert assembler.internal_errors == 0
+    dropped = {s.labels["reason"]: s.value for s in metrics.frames_dropped.collect()[0].samples
+               if s.name.endswith("_total")}
+    assert dropped["partial"] == assembler.dropped_partial
+    assert dropped["corrupt"] == assembler.dropped_corrupt + \
+        assembler.dropped_no_parameter_sets
+    assert dropped["partial"] + dropped["corrupt"] > 0
