@@ -28,6 +28,7 @@ python-deps:
 
 lint:
 	$(PYTHON) -m ruff check cxrelay tests benchmarks
+	$(PYTHON) -m mypy cxrelay
 
 unit:
 	$(PYTHON) -m pytest tests/unit

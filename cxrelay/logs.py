@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -23,7 +23,7 @@ def add_secrets(secrets: Iterable[str]) -> None:
     _secrets = tuple(sorted({*_secrets, *(s for s in secrets if s)}, key=len, reverse=True))
 
 
-def _scrub(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Last line of defence: whatever slipped into an event, no credential leaves."""
     for key, value in event.items():
         if isinstance(value, str):

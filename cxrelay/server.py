@@ -143,7 +143,7 @@ class RelayServer:
         try:
             context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
         except (OSError, ssl.SSLError) as exc:
-            reason = exc.strerror or exc.reason or str(exc)
+            reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
             raise ConfigError(f"server.tls_cert/tls_key: cannot load {cfg.tls_cert} and "
                               f"{cfg.tls_key}: {reason}") from None
         self._ssl = context
@@ -252,12 +252,14 @@ class RelayServer:
     # --- viewers ------------------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
-        name = request_path(ws.request.path)[4:] if ws.request else ""
+        request = ws.request
+        assert request is not None  # the handshake is done when the handler runs
+        name = request_path(request.path)[4:]
         hub = self.hubs.get(name)
         if hub is None:  # removed by a reload during the handshake
             await ws.close(1001, "camera removed")
             return
-        claims, refusal = self._check_token(ws.request, name)  # cheap; no state kept from _admit
+        claims, refusal = self._check_token(request, name)  # cheap; no state kept from _admit
         if refusal is not None:
             await ws.close(CLOSE_POLICY, "token expired")
             return

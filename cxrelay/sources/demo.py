@@ -47,7 +47,7 @@ class DemoSource(Source):
         pattern = av.open(
             f"testsrc2=size={s.width}x{s.height}:rate={s.fps}", format="lavfi"
         )
-        encoder = av.CodecContext.create("libx264", "w")
+        encoder = av.VideoCodecContext.create("libx264", "w")
         encoder.width, encoder.height = s.width, s.height
         encoder.pix_fmt = "yuv420p"
         encoder.time_base = Fraction(1, s.fps)
@@ -66,8 +66,8 @@ class DemoSource(Source):
         finally:
             pattern.close()
 
-    def _run_encoder(self, pattern: av.container.InputContainer, encoder: av.CodecContext,
-                     s: DemoSettings) -> None:
+    def _run_encoder(self, pattern: av.container.InputContainer,
+                     encoder: av.VideoCodecContext, s: DemoSettings) -> None:
         frame_us = 1_000_000 // s.fps
         started = time.monotonic()
         for index, frame in enumerate(pattern.decode(video=0)):
@@ -82,4 +82,5 @@ class DemoSource(Source):
             frame.pict_type = PictureType.NONE
             frame.time_base = encoder.time_base
             for packet in encoder.encode(frame):
-                self.packet(bytes(packet), packet.pts * frame_us, now_us())
+                pts = packet.pts if packet.pts is not None else index
+                self.packet(bytes(packet), pts * frame_us, now_us())
