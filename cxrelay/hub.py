@@ -123,7 +123,9 @@ class CameraHub:
         source, self._source = self._source, None
         if source is not None:
             source.stop()
-            self._retired.append(source)
+            # Kept until its thread ends (close() waits for them); an on-demand
+            # camera stops and starts for months, so forget the finished ones.
+            self._retired = [s for s in self._retired if s.running] + [source]
         self._cancel_idle()
         self._reset_stream()
 

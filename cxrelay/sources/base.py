@@ -94,6 +94,10 @@ class Source:
     # --- called from the source thread ---
 
     @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
