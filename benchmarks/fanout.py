@@ -30,6 +30,9 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.support import stalled_client  # noqa: E402
+
 DEFAULT_FILE = ROOT / "tests" / "data" / "baseline.h264"
 HEADER = 17
 
@@ -74,18 +77,6 @@ async def reader(url: str, stop: asyncio.Event, delays: list[float], counts: lis
         counts.append(frames)
 
 
-def stalled_client(port: int) -> socket.socket:
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", port))
-    s.sendall(
-        f"GET /ws/bench HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    return s
-
-
 def start_relay(file: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     proc = subprocess.Popen(
@@ -109,7 +100,7 @@ async def measure(pid: int, port: int, args: argparse.Namespace) -> dict[str, ob
     counts: list[int] = []
     url = f"ws://127.0.0.1:{port}/ws/bench"
     tasks = [asyncio.create_task(reader(url, stop, delays, counts)) for _ in range(args.viewers)]
-    stalled = [stalled_client(port) for _ in range(args.stalled)]
+    stalled = [stalled_client(port, "bench") for _ in range(args.stalled)]
     await asyncio.sleep(2.0)  # joins and catch-up bursts are not the steady state
     delays.clear()
     rss_start, cpu_start, t0 = rss_mib(pid), cpu_seconds(pid), time.monotonic()

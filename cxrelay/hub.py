@@ -101,6 +101,11 @@ class CameraHub:
         self._last_keyframe_us: int | None = None
         self._rate = RateMeter()
         metrics.add_camera(camera.name)
+        # Labelled children looked up once: labels() takes a lock, and these
+        # are counted for every frame.
+        self._frames_in = metrics.frames_in.labels(camera.name)
+        self._bytes_in = metrics.bytes_in.labels(camera.name)
+        self._dropped_slow = metrics.frames_dropped.labels("slow_viewer")
 
     @property
     def name(self) -> str:
@@ -341,14 +346,14 @@ class CameraHub:
             self.metrics.frames_dropped.labels("gop_cache_overflow").inc(lost)
             self.log.warning("gop cache overflow", frames=lost,
                              limit_bytes=self._gop.max_bytes)
-        self.metrics.frames_in.labels(self.name).inc()
-        self.metrics.bytes_in.labels(self.name).inc(len(unit.data))
+        self._frames_in.inc()
+        self._bytes_in.inc(len(unit.data))
         self._rate.add(unit.ingest_us, len(unit.data))
         for viewer in self.viewers:
             overflows = viewer.backlog.overflows
             dropped = viewer.send_frame(message, keyframe=unit.keyframe)
             if dropped:
-                self.metrics.frames_dropped.labels("slow_viewer").inc(dropped)
+                self._dropped_slow.inc(dropped)
             if viewer.backlog.overflows != overflows:  # one line per overflow, not per frame
                 self.log.info("frames dropped", viewer=viewer.id, frames=dropped,
                               reason="slow viewer")

@@ -196,3 +196,17 @@ def tcp_connections_to(port: int) -> int:
                 if state == "01" and int(remote.rsplit(":", 1)[1], 16) == port:
                     count += 1
     return count
+
+
+def stalled_client(port: int, camera: str) -> socket.socket:
+    """A WebSocket client that completes the handshake and then never reads
+    (a small receive buffer, so the kernel doesn't soak up megabytes)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.sendall(
+        f"GET /ws/{camera} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    return s

@@ -23,6 +23,7 @@ from tests.support import (
     is_status,
     make_config,
     running_relay,
+    stalled_client,
     tcp_connections_to,
     viewer,
     wait_for,
@@ -177,7 +178,7 @@ async def test_slow_viewer_never_hurts_the_others(rtsp_camera) -> None:
         hub = relay.hubs["cam"]
         async with viewer(port, "cam") as fast:
             await fast.until(is_frame)
-            stalled = _stalled_client(port, "cam")
+            stalled = stalled_client(port, "cam")
             try:
                 # Until the kernel's socket buffers are full and the stalled
                 # viewer's backlog has overflowed at least twice.
@@ -209,19 +210,6 @@ async def test_slow_viewer_never_hurts_the_others(rtsp_camera) -> None:
                 assert slow.ws.transport.get_write_buffer_size() <= 1024 * 1024
             finally:
                 stalled.close()
-
-
-def _stalled_client(port: int, camera: str) -> socket.socket:
-    """A WebSocket client that completes the handshake and then never reads."""
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", port))
-    s.sendall(
-        f"GET /ws/{camera} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    return s
 
 
 async def test_unknown_camera_is_404_before_upgrade(rtsp_camera) -> None:
