@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -132,3 +133,27 @@ def test_signal_stops_cleanly_closing_viewers_with_1001(sig: int) -> None:
     events = [json.loads(line)["event"] for line in out.splitlines()]
     assert events[-2:] == ["shutting down", "stopped"] or "stopped" in events
     assert "Traceback" not in err
+
+
+def test_token_command_mints_what_the_relay_accepts(tmp_path: Path) -> None:
+    from cxrelay.access import TokenVerifier
+
+    secret = "0123456789abcdef0123456789abcdef"
+    result = cxrelay("token", "--camera", "lobby", "--camera", "door", "--ttl", "15m",
+                     "--subject", "kiosk", env={**os.environ, "CXRELAY_AUTH_SECRET": secret})
+    assert result.returncode == 0, result.stderr
+    claims = TokenVerifier(secret).verify(result.stdout.strip(), "door")
+    assert claims.cameras == ("lobby", "door") and claims.subject == "kiosk"
+    assert 14 * 60 < claims.remaining() <= 15 * 60 + 1
+    config = tmp_path / "c.toml"
+    config.write_text(f'[auth]\nsecret = "{secret}"\n')
+    result = cxrelay("token", "--config", str(config), "--camera", "*")
+    assert TokenVerifier(secret).verify(result.stdout.strip(), "anything").allows("x")
+    env = {k: v for k, v in os.environ.items() if k != "CXRELAY_AUTH_SECRET"}
+    result = cxrelay("token", "--camera", "lobby", env=env)
+    assert result.returncode == 2
+    assert one_line_error(result) == \
+        "cxrelay: error: no secret: give --config PATH or set CXRELAY_AUTH_SECRET"
+    result = cxrelay("token", "--camera", "lobby", "--ttl", "soon",
+                     env={**env, "CXRELAY_AUTH_SECRET": secret})
+    assert result.returncode == 2 and "--ttl" in one_line_error(result)

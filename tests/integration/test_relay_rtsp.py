@@ -274,3 +274,12 @@ async def test_parser_fallback_still_sends_whole_pictures(rtsp_camera) -> None:
         stamps = [find_stamp(f.payload)[1] for f in frames]
         assert stamps == list(range(stamps[0], stamps[0] + len(stamps)))
         assert all(sum(k in (1, 5) for k in types(f)) == 2 for f in frames)
+
+
+@pytest.mark.parametrize("auth", ["basic", "digest"])
+async def test_camera_credentials_basic_and_digest(rtsp_camera, auth: str) -> None:
+    cam = rtsp_camera(user="viewer", password="p@ss:w/rd", auth=auth)
+    async with running_relay(make_config({"cam": cam.url_with("viewer", "p@ss:w/rd")})) as relay, \
+            viewer(relay.server.port, "cam") as v:
+        _, frames = await first_live_frames(v, 3)
+        assert frames[0].keyframe
