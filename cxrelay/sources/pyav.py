@@ -37,10 +37,13 @@ def to_us(value: int, time_base: Fraction) -> int:
 
 
 def open_input(
-    url: str, *, options: dict[str, str], open_timeout: float, read_timeout: float, **kw: Any
+    url: str, *, options: dict[str, str], open_timeout: float, read_timeout: float,
+    timeout_reason: str = "timed out", **kw: Any
 ) -> Any:
     try:
         return av.open(url, options=options, timeout=(open_timeout, read_timeout), **kw)
+    except (av.error.ExitError, av.error.TimeoutError):
+        raise SourceError(timeout_reason) from None
     except Exception as exc:
         raise SourceError(describe(exc)) from None
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import av.error
+
 from cxrelay.sources.base import Source, SourceError, StreamInfo, now_us
 from cxrelay.sources.pyav import describe, open_input, to_us, video_stream
 
@@ -45,6 +47,7 @@ class RtspSource(Source):
         parser = camera.assembly == "parser"
         container = open_input(
             camera.url,
+            timeout_reason=f"no answer in {camera.open_timeout:g} s",
             options=rtsp_options(camera.transport, camera.read_timeout, parser),
             open_timeout=camera.open_timeout,
             read_timeout=camera.read_timeout,
@@ -77,6 +80,8 @@ class RtspSource(Source):
                 self.packet(bytes(packet), last_pts, ingest)
         except SourceError:
             raise
+        except (av.error.ExitError, av.error.TimeoutError):
+            raise SourceError(f"no video for {self.camera.read_timeout:g} s") from None
         except Exception as exc:
             raise SourceError(describe(exc)) from None
         raise SourceError("end of stream")

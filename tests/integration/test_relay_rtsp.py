@@ -283,3 +283,26 @@ async def test_camera_credentials_basic_and_digest(rtsp_camera, auth: str) -> No
             viewer(relay.server.port, "cam") as v:
         _, frames = await first_live_frames(v, 3)
         assert frames[0].keyframe
+
+
+async def test_stalled_camera_times_out_and_comes_back(rtsp_camera) -> None:
+    """A camera that hangs with its TCP connection open: no packet for
+    read_timeout means offline; when it wakes up, the same viewer gets a new
+    init and pictures again."""
+    import os
+    import signal
+
+    cam = rtsp_camera(stamp=True)
+    camera = CameraConfig(name="cam", url=cam.url, read_timeout=1.5, open_timeout=1.5)
+    async with running_relay(make_config([camera])) as relay, \
+            viewer(relay.server.port, "cam") as v:
+        await v.until(is_frame)
+        pid = cam._process.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            seen = await v.until(is_status("offline"), timeout=15)
+            assert seen[-1]["reason"] == "no video for 1.5 s"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await v.until(is_init, timeout=40)
+        assert (await v.until(is_frame))[-1].keyframe
