@@ -730,8 +730,9 @@ class AccessUnitAssembler:
     Driving it from a live source: after each push, if ``pending and not
     slice_count_known``, arm an idle timer that calls ``flush()``; it must
     be longer than the gap between two slices of one picture, or pictures
-    get cut (the cut-off slices are then dropped and counted). A whole-unit
-    source pushes each unit and calls ``flush()``.
+    get cut (the cut-off slices are then dropped and counted). Whole-unit
+    sources are driven the same way: FFmpeg's parser can cut one picture in
+    two packets, and this rejoins them.
 
     ``push`` and ``flush`` never raise: bad input is dropped and counted, and
     the next unit out carries ``discontinuity``. The only edit to the NAL
