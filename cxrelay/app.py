@@ -41,7 +41,6 @@ class Relay:
         self.started = time.monotonic()
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
-        self.ready = asyncio.Event()
         self.notifier = Notifier()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -67,7 +66,6 @@ class Relay:
             self._tasks.append(loop.create_task(watchdog_loop(self.notifier, interval)))
         if self.notifier.enabled:
             self._tasks.append(loop.create_task(self._report_status()))
-        self.ready.set()
 
     async def _report_status(self) -> None:
         last = ""
@@ -78,9 +76,8 @@ class Relay:
                 last = line
 
     def status_line(self) -> str:
-        live = sum(1 for h in self.hubs.values() if h.state == "live")
-        viewers = sum(len(h.viewers) for h in self.hubs.values())
-        return status_line(live, len(self.hubs), viewers)
+        s = self.status()
+        return status_line(s["live"], s["cameras"], s["viewers"])
 
     async def serve(self) -> None:
         while True:
