@@ -92,26 +92,28 @@ def nal_type(nal: bytes) -> int:
     return nal[0] & 0x1F if nal else 0
 
 
+def _ff_coded(rbsp: bytes, pos: int) -> tuple[int, int] | None:
+    """An SEI payload type or size (0xFF bytes add 255 each, then a last byte)
+    at ``pos``: (value, position after it), or None if the RBSP ends first."""
+    value = 0
+    while pos < len(rbsp) and rbsp[pos] == 0xFF:
+        value += 255
+        pos += 1
+    if pos >= len(rbsp):
+        return None
+    return value + rbsp[pos], pos + 1
+
+
 def _sei_messages(rbsp: bytes) -> Iterator[tuple[int, bytes]]:
     """(payload type, payload) of each message in an SEI RBSP (NAL header removed)."""
     pos = 0
     while pos < len(rbsp) and rbsp[pos:] != b"\x80":
-        payload_type = 0
-        while pos < len(rbsp) and rbsp[pos] == 0xFF:
-            payload_type += 255
-            pos += 1
-        if pos >= len(rbsp):
+        if (kind := _ff_coded(rbsp, pos)) is None:
             return
-        payload_type += rbsp[pos]
-        pos += 1
-        size = 0
-        while pos < len(rbsp) and rbsp[pos] == 0xFF:
-            size += 255
-            pos += 1
-        if pos >= len(rbsp):
+        payload_type, pos = kind
+        if (length := _ff_coded(rbsp, pos)) is None:
             return
-        size += rbsp[pos]
-        pos += 1
+        size, pos = length
         if pos + size > len(rbsp):
             return
         yield payload_type, rbsp[pos : pos + size]
