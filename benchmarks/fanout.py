@@ -7,7 +7,7 @@ and prints, for the relay process: CPU (% of one core), resident memory at
 the start and the end of the window, and the relay latency the reading viewers
 see (receive time minus the ingest time in each frame's header), p50/p90/p99.
 
-    python3 benchmarks/fanout.py --viewers 50 --stalled 5 --seconds 20
+    .venv/bin/python benchmarks/fanout.py --viewers 50 --stalled 5 --seconds 20
 
 This is a benchmark, not a test: numbers depend on the machine. Compare runs
 on the same machine, and read ratios rather than absolutes.

@@ -13,7 +13,7 @@ reader after the other, for --seconds each:
 Each sample is (wall clock when the unit is in hand) - (wall clock the camera wrote into
 the unit's stamp SEI just before payloading it). Prints a Markdown table, or --json.
 
-    python3 benchmarks/ingest_latency.py --seconds 20
+    .venv/bin/python benchmarks/ingest_latency.py --seconds 20
 
 A benchmark, not a test: numbers depend on the machine and its load.
 """

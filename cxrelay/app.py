@@ -29,6 +29,8 @@ log = structlog.get_logger("cxrelay")
 
 SHUTDOWN_GRACE = 3.0  # seconds for viewers to close and sources to stop; SIGTERM exits < 5 s
 STATUS_EVERY = 5.0  # seconds between systemd STATUS= updates
+# Hosts a browser on this machine reaches as localhost, a secure context where WebCodecs works.
+LOCAL_HOSTS = ("127.0.0.1", "0.0.0.0", "localhost")
 
 
 class Relay:
@@ -56,8 +58,10 @@ class Relay:
             hub.start()
         cfg = self.config.server
         scheme = "https" if cfg.tls_cert else "http"
-        log.info("listening", url=f"{scheme}://{cfg.host}:{self.server.port}/",
-                 cameras=len(self.hubs), version=__version__)
+        url = f"{scheme}://{cfg.host}:{self.server.port}/"
+        local = url.replace(cfg.host, "localhost", 1) if cfg.host in LOCAL_HOSTS else url
+        log.info("listening", url=url, cameras=len(self.hubs), version=__version__,
+                 hint=f"open {local} in a browser")
         if not self.hubs:
             log.warning("no cameras configured", hint="use --camera NAME=URL, --demo or --config")
         self.notifier.ready(self.status_line())

@@ -4,7 +4,7 @@
         av.open(camera.url, ...)
 
 The camera always runs under Debian's /usr/bin/python3, which has the gi bindings; the
-project's own Python (pyenv) does not.
+project's own Python (.venv, made by `make`) does not.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Record the real H.264 bitstreams the unit tests of ``cxrelay.h264`` run on.
 
-    python3 tests/data/make_bitstreams.py            # rewrite every file here
+    .venv/bin/python tests/data/make_bitstreams.py            # rewrite every file here
 
 Each stream is a raw Annex B file ``NAME.h264`` with a sidecar ``NAME.json``
 listing the packets it is made of, in order: ``[pts_us, size, keyframe]``.
