@@ -26,6 +26,7 @@ TOKEN_COOKIE = "cxrelay_token"
 TOKEN_QUERY = "token"
 ALGORITHM = "HS256"
 ALL_CAMERAS = "*"
+MIN_SECRET_LENGTH = 32  # HS256 wants a key as long as its hash (PyJWT warns below)
 MAX_TOKEN_LENGTH = 4096  # real tokens are a few hundred bytes; don't HMAC megabytes
 NBF_LEEWAY = 30.0  # clock skew between the app that mints tokens and cxrelay
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -309,6 +310,19 @@ class TokenVerifier:
         if not isinstance(payload, dict):
             raise AccessDenied("malformed token")
         return payload
+
+
+def secret_problem(secret: str) -> str | None:
+    """What is wrong with a token secret, in one line that never shows it, or
+    None. The relay refuses such a secret, so nothing may mint with it either."""
+    if len(secret) < MIN_SECRET_LENGTH:
+        return (f"too short: use at least {MIN_SECRET_LENGTH} characters "
+                "(for example: openssl rand -hex 32)")
+    try:
+        TokenVerifier(secret)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def mint_token(secret: str, cameras: list[str] | tuple[str, ...] | str, ttl_seconds: float,

@@ -20,7 +20,7 @@ from cxrelay.config import Config, ConfigError
 from cxrelay.hub import CameraHub
 from cxrelay.logs import add_secrets
 from cxrelay.metrics import Metrics
-from cxrelay.protocol import CLOSE_GOING_AWAY
+from cxrelay.protocol import CLOSE_GOING_AWAY, CameraState
 from cxrelay.redact import url_secrets
 from cxrelay.sdnotify import Notifier, status_line, watchdog_loop
 from cxrelay.server import RelayServer
@@ -131,7 +131,8 @@ class Relay:
     # --- cameras --------------------------------------------------------------------------------
 
     def _add_hub(self, camera: Any, loop: asyncio.AbstractEventLoop) -> CameraHub:
-        hub = CameraHub(camera, server=self.config.server, metrics=self.metrics, loop=loop)
+        hub = CameraHub(camera, metrics=self.metrics, loop=loop,
+                        limits=self.config.server.viewer_backlog)
         self.hubs[camera.name] = hub
         return hub
 
@@ -170,7 +171,7 @@ class Relay:
         if self.server is not None:
             self.server.apply(self.config)
         for hub in self.hubs.values():
-            hub.server = server
+            hub.limits = server.viewer_backlog
         for name in removed:
             hub = self.hubs.pop(name)
             await hub.close(CLOSE_GOING_AWAY, "camera removed from the configuration")
@@ -187,7 +188,7 @@ class Relay:
             "version": __version__,
             "uptime": round(time.monotonic() - self.started, 1),
             "cameras": len(self.hubs),
-            "live": sum(1 for h in self.hubs.values() if h.state == "live"),
+            "live": sum(1 for h in self.hubs.values() if h.state == CameraState.LIVE),
             "viewers": sum(len(h.viewers) for h in self.hubs.values()),
         }
 

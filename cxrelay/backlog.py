@@ -17,6 +17,17 @@ DEFAULT_MAX_DELAY = 1.0
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class BacklogLimits:
+    """How far behind a viewer may fall before it is cut back to a keyframe."""
+
+    max_delay: float = DEFAULT_MAX_DELAY  # seconds of frames queued
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+    def new_backlog(self) -> Backlog:
+        return Backlog(int(self.max_delay * 1e6), self.max_bytes)
+
+
 @dataclass(slots=True)
 class _Entry:
     message: bytes | str

@@ -135,7 +135,7 @@ def token(cameras: tuple[str, ...], ttl: str, subject: str | None, config_path: 
     """Mint a viewer token (HS256 JWT) for the given cameras."""
     import os
 
-    from cxrelay.access import mint_token, parse_duration
+    from cxrelay.access import mint_token, parse_duration, secret_problem
 
     try:
         lifetime = parse_duration(ttl)
@@ -152,6 +152,8 @@ def token(cameras: tuple[str, ...], ttl: str, subject: str | None, config_path: 
         secret = os.environ.get(secret_env)
         if not secret:
             fail(f"no secret: give --config PATH or set {secret_env}")
+        if problem := secret_problem(secret):  # what the config check says of it
+            fail(f"{secret_env}: {problem}")
     claim: str | tuple[str, ...] = "*" if "*" in cameras else cameras
     try:
         click.echo(mint_token(secret, claim, lifetime, subject))

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from cxrelay.access import OriginPolicy, TokenVerifier
-from cxrelay.backlog import DEFAULT_MAX_BYTES, DEFAULT_MAX_DELAY
+from cxrelay.access import OriginPolicy, secret_problem
+from cxrelay.backlog import DEFAULT_MAX_BYTES, DEFAULT_MAX_DELAY, BacklogLimits
 from cxrelay.gop import DEFAULT_GOP_CACHE_BYTES
 from cxrelay.redact import redact_url
 
@@ -71,6 +71,10 @@ class ServerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
 
+    @property
+    def viewer_backlog(self) -> BacklogLimits:
+        return BacklogLimits(self.viewer_max_delay, self.viewer_max_bytes)
+
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
@@ -93,9 +97,6 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
     path: str | None = None
-
-    def camera(self, name: str) -> CameraConfig | None:
-        return next((c for c in self.cameras if c.name == name), None)
 
 
 # --- validation helpers -----------------------------------------------------------------------
@@ -322,14 +323,8 @@ def _server(data: Any, env: Mapping[str, str]) -> ServerConfig:
 def _auth(data: Any, env: Mapping[str, str]) -> AuthConfig:
     s = _Section("auth", data, env)
     secret = s.secret("secret")
-    if secret is not None and len(secret) < 32:
-        raise s.err("secret", "too short: use at least 32 characters "
-                              "(for example: openssl rand -hex 32)")
-    if secret is not None:
-        try:
-            TokenVerifier(secret)
-        except ValueError as exc:
-            raise s.err("secret", str(exc)) from None
+    if secret is not None and (problem := secret_problem(secret)):
+        raise s.err("secret", problem)
     s.finish()
     return AuthConfig(secret=secret)
 

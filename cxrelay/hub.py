@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
-from cxrelay.backlog import Backlog
-from cxrelay.config import CameraConfig, ServerConfig
+from cxrelay.backlog import Backlog, BacklogLimits
+from cxrelay.config import CameraConfig
 from cxrelay.fragments import FragmentJoiner
 from cxrelay.gop import GopCache
 from cxrelay.h264 import AccessUnit, AccessUnitAssembler
@@ -22,12 +22,12 @@ from cxrelay.metrics import Metrics
 from cxrelay.protocol import (
     FLAG_DISCONTINUITY,
     FLAG_KEYFRAME,
+    CameraState,
     encode_frame,
     init_message,
     status_message,
 )
 from cxrelay.sources import Source, StreamInfo, create_source
-from cxrelay.viewer import Viewer
 
 log = structlog.get_logger("cxrelay.camera")
 
@@ -66,21 +66,41 @@ class RateMeter:
         return round(fps, 2), int(self._bytes * 8 / span)
 
 
+class Subscriber(Protocol):
+    """A viewer, as the hub sees it (the mirror of ``SourceSink``). Called on
+    the loop; nothing but ``close`` may block, as the hub never awaits a viewer."""
+
+    def join(self, first: list[str], catchup: list[bytes]) -> None:
+        """Joining: control messages (init, status), then the frames since the
+        last keyframe; with no frames, the viewer starts at the next keyframe."""
+
+    def send_text(self, text: str) -> None:
+        """A control message; never dropped."""
+
+    def send_frame(self, message: bytes, *, keyframe: bool) -> int:
+        """A live frame (protocol v1, shared by every viewer: don't modify it).
+        Returns how many frames the viewer dropped to stay within its limits
+        (it logs why itself)."""
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the viewer's connection (camera removed, relay stopping)."""
+
+
 class CameraHub:
     def __init__(
         self,
         camera: CameraConfig,
         *,
-        server: ServerConfig,
         metrics: Metrics,
         loop: asyncio.AbstractEventLoop,
+        limits: BacklogLimits | None = None,
     ) -> None:
         self.camera = camera
-        self.server = server
+        self.limits = limits or BacklogLimits()  # each new viewer's backlog; a reload may change it
         self.metrics = metrics
         self.loop = loop
-        self.viewers: set[Viewer] = set()
-        self.state = "idle"
+        self.viewers: set[Subscriber] = set()
+        self.state = CameraState.IDLE
         self.reason: str | None = None
         self.last_error: str | None = None
         self.log = log.bind(camera=camera.name)
@@ -120,7 +140,7 @@ class CameraHub:
     def _start_source(self) -> None:
         if self._source is not None:
             return
-        self._set_state("connecting")
+        self._set_state(CameraState.CONNECTING)
         self._source = create_source(self.camera, self, self.loop)
         self._source.start()
 
@@ -139,7 +159,7 @@ class CameraHub:
         self._cancel_linger()
         self._stop_source()
         viewers = list(self.viewers)
-        await asyncio.gather(*(v.ws.close(code, reason) for v in viewers), return_exceptions=True)
+        await asyncio.gather(*(v.close(code, reason) for v in viewers), return_exceptions=True)
         await self.wait_sources_stopped(2.0)
         self.metrics.remove_camera(self.name)
 
@@ -159,14 +179,14 @@ class CameraHub:
         if not camera.on_demand or self.viewers:
             self._start_source()
         else:
-            self._set_state("idle")
+            self._set_state(CameraState.IDLE)
 
     # --- viewers --------------------------------------------------------------------------------
 
     def new_backlog(self) -> Backlog:
-        return Backlog(int(self.server.viewer_max_delay * 1e6), self.server.viewer_max_bytes)
+        return self.limits.new_backlog()
 
-    def attach(self, viewer: Viewer) -> None:
+    def attach(self, viewer: Subscriber) -> None:
         self._cancel_linger()
         if self.camera.on_demand:
             self._start_source()
@@ -174,12 +194,12 @@ class CameraHub:
         if self._init is not None:
             first.append(self._init)
         first.append(status_message(self.state, self.reason))
-        catchup = self._gop.snapshot() if self.state == "live" else []
+        catchup = self._gop.snapshot() if self.state == CameraState.LIVE else []
         viewer.join(first, catchup)
         self.viewers.add(viewer)
         self._viewers_changed()
 
-    def detach(self, viewer: Viewer) -> None:
+    def detach(self, viewer: Subscriber) -> None:
         self.viewers.discard(viewer)
         self._viewers_changed()
         if self.camera.on_demand and not self.viewers and self._source is not None:
@@ -193,7 +213,7 @@ class CameraHub:
         if not self.viewers:
             self.log.info("camera idle", reason=f"no viewers for {self.camera.linger:g}s")
             self._stop_source()
-            self._set_state("idle")
+            self._set_state(CameraState.IDLE)
 
     def _cancel_linger(self) -> None:
         if self._linger_timer is not None:
@@ -202,12 +222,12 @@ class CameraHub:
 
     # --- state ----------------------------------------------------------------------------------
 
-    def _set_state(self, state: str, reason: str | None = None) -> None:
+    def _set_state(self, state: CameraState, reason: str | None = None) -> None:
         if (state, reason) == (self.state, self.reason):
             return
         self.state, self.reason = state, reason
         self.metrics.set_state(self.name, state)
-        if state == "idle":
+        if state == CameraState.IDLE:
             return  # nobody is watching an idle camera
         message = status_message(state, reason)
         for viewer in self.viewers:
@@ -222,7 +242,7 @@ class CameraHub:
         self._last_keyframe_us = None
 
     def info(self) -> dict[str, Any]:
-        fps, bitrate = self._rate.rates() if self.state == "live" else (None, None)
+        fps, bitrate = self._rate.rates() if self.state == CameraState.LIVE else (None, None)
         codec, width, height = self._stream_key or (None, None, None)
         return {
             "name": self.name,
@@ -240,8 +260,8 @@ class CameraHub:
     # --- source events (SourceSink), on the loop --------------------------------------------------
 
     def source_connecting(self, source: Source) -> None:
-        if source is self._source and self.state == "idle":
-            self._set_state("connecting")
+        if source is self._source and self.state == CameraState.IDLE:
+            self._set_state(CameraState.CONNECTING)
 
     def source_connected(self, source: Source, info: StreamInfo) -> None:
         if source is not self._source:
@@ -271,7 +291,7 @@ class CameraHub:
         self.last_error = reason
         self._cancel_idle()
         self._reset_stream()
-        self._set_state("offline", reason)
+        self._set_state(CameraState.OFFLINE, reason)
 
     def source_packet(self, source: Source, data: bytes, pts_us: int, ingest_us: int) -> None:
         if source is not self._source:
@@ -349,14 +369,11 @@ class CameraHub:
         self._frames_in.inc()
         self._bytes_in.inc(len(unit.data))
         self._rate.add(unit.ingest_us, len(unit.data))
+        dropped = 0
         for viewer in self.viewers:
-            overflows = viewer.backlog.overflows
-            dropped = viewer.send_frame(message, keyframe=unit.keyframe)
-            if dropped:
-                self._dropped_slow.inc(dropped)
-            if viewer.backlog.overflows != overflows:  # one line per overflow, not per frame
-                self.log.info("frames dropped", viewer=viewer.id, frames=dropped,
-                              reason="slow viewer")
+            dropped += viewer.send_frame(message, keyframe=unit.keyframe)
+        if dropped:
+            self._dropped_slow.inc(dropped)
 
     def _on_keyframe(self, unit: AccessUnit) -> None:
         sps = unit.sps
@@ -376,5 +393,5 @@ class CameraHub:
             interval = (unit.ingest_us - self._last_keyframe_us) / 1e6
             self.metrics.keyframe_interval.labels(self.name).set(interval)
         self._last_keyframe_us = unit.ingest_us
-        if self.state != "live":
-            self._set_state("live")
+        if self.state != CameraState.LIVE:
+            self._set_state(CameraState.LIVE)

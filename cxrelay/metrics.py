@@ -15,10 +15,10 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from cxrelay.protocol import CameraState
+
 # *_created series double the output and mean nothing to a scraper of a daemon.
 disable_created_metrics()
-
-CAMERA_STATES = ("idle", "connecting", "live", "offline")
 
 # From well under a frame to "something is badly wrong".
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -55,19 +55,19 @@ class Metrics:
         for family in (self.reconnects, self.frames_in, self.bytes_in, self.keyframe_interval,
                        self.camera_viewers):
             family.labels(name)
-        self.set_state(name, "idle")
+        self.set_state(name, CameraState.IDLE)
 
     def remove_camera(self, name: str) -> None:
         for family in (self.reconnects, self.frames_in, self.bytes_in, self.keyframe_interval,
                        self.camera_viewers):
             with contextlib.suppress(KeyError):
                 family.remove(name)
-        for state in CAMERA_STATES:
+        for state in CameraState:
             with contextlib.suppress(KeyError):
                 self.camera_state.remove(name, state)
 
-    def set_state(self, name: str, state: str) -> None:
-        for s in CAMERA_STATES:
+    def set_state(self, name: str, state: CameraState) -> None:
+        for s in CameraState:
             self.camera_state.labels(name, s).set(1 if s == state else 0)
 
     def render(self) -> bytes:

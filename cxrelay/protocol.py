@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -23,9 +24,18 @@ HEADER_SIZE = HEADER.size  # 17
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013
+# 1009 (a client's message too big) is sent by websockets itself (max_size).
+
+
+class CameraState(StrEnum):
+    """A camera's state, as status messages, the API and metrics spell it."""
+
+    IDLE = "idle"  # on demand, nobody watching: no camera session
+    CONNECTING = "connecting"
+    LIVE = "live"
+    OFFLINE = "offline"  # failed; retrying
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +85,7 @@ def init_message(camera: str, codec: str, width: int, height: int) -> str:
     )
 
 
-def status_message(state: str, reason: str | None = None) -> str:
+def status_message(state: CameraState, reason: str | None = None) -> str:
     msg: dict[str, Any] = {"type": "status", "state": state}
     if reason:
         msg["reason"] = reason

@@ -7,12 +7,10 @@ browser's devtools and a curl both show why.
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import mimetypes
 import ssl
-import time
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from pathlib import Path
@@ -21,7 +19,6 @@ from typing import Any
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from cxrelay import __version__
@@ -36,8 +33,8 @@ from cxrelay.access import (
 from cxrelay.config import Config, ConfigError
 from cxrelay.hub import CameraHub
 from cxrelay.metrics import Metrics
-from cxrelay.protocol import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_AGAIN, CLOSE_UNSUPPORTED
-from cxrelay.viewer import Viewer
+from cxrelay.protocol import CLOSE_GOING_AWAY, CLOSE_POLICY
+from cxrelay.viewer import Viewer, peer_address
 
 log = structlog.get_logger("cxrelay.server")
 
@@ -86,7 +83,7 @@ def json_response(obj: Any, status: HTTPStatus = HTTPStatus.OK) -> Response:
 
 
 class RelayServer:
-    """HTTP routes and the viewer handler, over the relay's hubs."""
+    """HTTP routes, and admission of viewers (their sessions are viewer.py's)."""
 
     def __init__(self, config: Config, hubs: Mapping[str, CameraHub], metrics: Metrics,
                  status: Callable[[], dict[str, Any]]) -> None:
@@ -97,7 +94,6 @@ class RelayServer:
         self.limiter = ConnectionLimiter(config.server.max_connections_per_client)
         self._server: Server | None = None
         self._ssl: ssl.SSLContext | None = None
-        self._closing: set[asyncio.Future[None]] = set()
         self.apply(config)
 
     def apply(self, config: Config) -> None:
@@ -212,7 +208,7 @@ class RelayServer:
         """Decide before the upgrade whether this viewer may watch: origin (403),
         token (401), camera (404), limits (503), in that order, so that nobody
         without a token can learn which cameras exist."""
-        peer = _peer(connection)
+        peer = peer_address(connection)
         headers = request.headers
         reason = self.origins.check(headers.get("Origin"), headers.get("Host"),
                                     tls=self._ssl is not None,
@@ -224,7 +220,7 @@ class RelayServer:
             return refusal
         hub = self.hubs.get(name)
         if hub is None:
-            return text_response(HTTPStatus.NOT_FOUND, f"no camera named {name[:64]!r}")
+            return self._refuse(HTTPStatus.NOT_FOUND, f"no camera named {name[:64]!r}", name, peer)
         limit = hub.camera.max_viewers
         if limit and len(hub.viewers) >= limit:
             return self._refuse(HTTPStatus.SERVICE_UNAVAILABLE,
@@ -233,11 +229,10 @@ class RelayServer:
         if total and sum(len(h.viewers) for h in self.hubs.values()) >= total:
             return self._refuse(HTTPStatus.SERVICE_UNAVAILABLE,
                                 f"the server has its maximum of {total} viewers", name, peer)
-        per_client = self.limiter.max_per_client
-        if per_client and self.limiter.count(peer) >= per_client:
+        if not self.limiter.allows(peer):
             return self._refuse(HTTPStatus.SERVICE_UNAVAILABLE,
-                                f"too many connections from {peer} (maximum {per_client})",
-                                name, peer)
+                                f"too many connections from {peer} "
+                                f"(maximum {self.limiter.max_per_client})", name, peer)
         return None
 
     def _check_token(self, request: Request, camera: str | None
@@ -265,71 +260,11 @@ class RelayServer:
         name = request_path(request.path)[4:]
         hub = self.hubs.get(name)
         if hub is None:  # removed by a reload during the handshake
-            await ws.close(1001, "camera removed")
+            await ws.close(CLOSE_GOING_AWAY, "camera removed")
             return
         claims, refusal = self._check_token(request, name)  # cheap; no state kept from _admit
         if refusal is not None:
             await ws.close(CLOSE_POLICY, "token expired")
             return
-        peer = _peer(ws)
-        if not self.limiter.acquire(peer):  # raced past the check in _admit
-            await ws.close(CLOSE_TRY_AGAIN, "too many connections")
-            return
-        viewer = Viewer(ws, hub.new_backlog(), self.metrics)
-        vlog = log.bind(camera=name, viewer=viewer.id)
-        vlog.info("viewer joined", peer=peer,
-                  **({"subject": claims.subject} if claims and claims.subject else {}))
-        started = time.monotonic()
-        hub.attach(viewer)
-        self.metrics.viewers.inc()
-        loop = asyncio.get_running_loop()
-        pump = loop.create_task(self._pump(ws, viewer, vlog))
-        expiry = None
-        if claims is not None:
-            expiry = loop.call_later(max(0.0, claims.remaining()), self._expire, ws)
-        reason = "closed"
-        try:
-            reason = await self._receive(ws)
-        finally:
-            pump.cancel()
-            if expiry is not None:
-                expiry.cancel()
-            hub.detach(viewer)
-            self.limiter.release(peer)
-            self.metrics.viewers.dec()
-            if ws.close_code is not None and reason == "closed":
-                reason = f"closed {ws.close_code}" + (f" {ws.close_reason}" if ws.close_reason
-                                                       else "")
-            vlog.info("viewer left", reason=reason, frames=viewer.sent_frames,
-                      seconds=round(time.monotonic() - started, 1))
-
-    def _expire(self, ws: ServerConnection) -> None:
-        task = asyncio.ensure_future(ws.close(CLOSE_POLICY, "token expired"))
-        self._closing.add(task)  # hold a reference until it's done
-        task.add_done_callback(self._closing.discard)
-
-    async def _pump(self, ws: ServerConnection, viewer: Viewer, vlog: Any) -> None:
-        try:
-            await viewer.pump()
-        except ConnectionClosed:
-            pass
-        except Exception:
-            vlog.exception("viewer failed")
-            await ws.close(CLOSE_INTERNAL, "internal error")
-
-    async def _receive(self, ws: ServerConnection) -> str:
-        """Clients need send nothing; text is ignored (forward compatibility),
-        binary is refused. Reading also keeps pings and closes flowing."""
-        try:
-            async for message in ws:
-                if isinstance(message, bytes):
-                    await ws.close(CLOSE_UNSUPPORTED, "binary messages are not accepted")
-                    return "sent a binary message"
-        except ConnectionClosed:
-            pass
-        return "closed"
-
-
-def _peer(connection: ServerConnection) -> str:
-    address = connection.remote_address
-    return str(address[0]) if address else "unknown"
+        viewer = Viewer(ws, hub.new_backlog(), self.metrics, camera=name)
+        await viewer.watch(hub, claims=claims, limiter=self.limiter)

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from structlog.testing import capture_logs
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -80,9 +81,14 @@ async def test_token_required(relay: Relay) -> None:
 
 
 async def test_unknown_camera_is_hidden_behind_the_token(relay: Relay) -> None:
-    assert (await refused(relay, "/ws/nope"))[0] == 401
-    every = mint_token(SECRET, "*", 60)
-    assert (await refused(relay, f"/ws/nope?token={every}"))[0] == 404
+    with capture_logs() as logs:
+        assert (await refused(relay, "/ws/nope"))[0] == 401
+        every = mint_token(SECRET, "*", 60)
+        assert (await refused(relay, f"/ws/nope?token={every}"))[0] == 404
+    refusals = [e for e in logs if "refused" in e["event"]]
+    assert [e["status"] for e in refusals] == [401, 404]
+    assert refusals[1]["camera"] == "nope" and "nope" in refusals[1]["reason"]
+    assert every not in repr(logs)
 
 
 @pytest.mark.parametrize("where", ["query", "cookie"])

@@ -157,3 +157,16 @@ def test_token_command_mints_what_the_relay_accepts(tmp_path: Path) -> None:
     result = cxrelay("token", "--camera", "lobby", "--ttl", "soon",
                      env={**env, "CXRELAY_AUTH_SECRET": secret})
     assert result.returncode == 2 and "--ttl" in one_line_error(result)
+
+
+def test_token_command_refuses_a_secret_the_relay_refuses(tmp_path: Path) -> None:
+    short = "only-sixteen-chr"
+    result = cxrelay("token", "--camera", "lobby", env={**os.environ, "CXRELAY_AUTH_SECRET": short})
+    assert result.returncode == 2 and result.stdout == ""
+    problem = "too short: use at least 32 characters (for example: openssl rand -hex 32)"
+    assert one_line_error(result) == f"cxrelay: error: CXRELAY_AUTH_SECRET: {problem}"
+    config = tmp_path / "c.toml"
+    config.write_text(f'[auth]\nsecret = "{short}"\n')
+    result = cxrelay("check-config", str(config))
+    assert one_line_error(result) == f"cxrelay: error: {config}: auth.secret: {problem}"
+

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import AsyncMock, MagicMock, patch
 
-from cxrelay.config import CameraConfig, ServerConfig
+from cxrelay.config import CameraConfig
 from cxrelay.h264 import split_annexb, to_annexb
 from cxrelay.hub import CameraHub
 from cxrelay.metrics import Metrics
@@ -44,10 +44,8 @@ async def test_garbage_from_one_camera_leaves_the_other_untouched() -> None:
     loop = asyncio.get_running_loop()
     metrics = Metrics()
     with patch("cxrelay.hub.create_source", side_effect=lambda *a: MagicMock()):
-        bad = CameraHub(CameraConfig("bad", "rtsp://h/bad"), server=ServerConfig(),
-                        metrics=metrics, loop=loop)
-        good = CameraHub(CameraConfig("good", "rtsp://h/good"), server=ServerConfig(),
-                         metrics=metrics, loop=loop)
+        bad = CameraHub(CameraConfig("bad", "rtsp://h/bad"), metrics=metrics, loop=loop)
+        good = CameraHub(CameraConfig("good", "rtsp://h/good"), metrics=metrics, loop=loop)
         for hub in (bad, good):
             hub.start()
             hub.source_connected(hub._source, StreamInfo(b"", None, whole_units=True))

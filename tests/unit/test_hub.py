@@ -10,8 +10,10 @@ from typing import Any
 from unittest.mock import AsyncMock, MagicMock, patch
 
 import pytest
+from structlog.testing import capture_logs
 
-from cxrelay.config import CameraConfig, ServerConfig
+from cxrelay.backlog import BacklogLimits
+from cxrelay.config import CameraConfig
 from cxrelay.h264 import split_annexb
 from cxrelay.hub import CameraHub
 from cxrelay.metrics import Metrics
@@ -38,8 +40,7 @@ async def hub() -> Any:
     loop = asyncio.get_running_loop()
     with patch("cxrelay.hub.create_source") as factory:
         factory.side_effect = lambda *a: MagicMock(name="source")
-        hub = CameraHub(CameraConfig("cam", "rtsp://h/x"), server=ServerConfig(),
-                        metrics=Metrics(), loop=loop)
+        hub = CameraHub(CameraConfig("cam", "rtsp://h/x"), metrics=Metrics(), loop=loop)
         hub.start()
         hub.source = hub._source
         yield hub
@@ -118,8 +119,14 @@ async def test_events_from_a_stopped_source_are_ignored(hub: Any) -> None:
     assert hub.last_error is None
 
 
-async def test_slow_viewer_does_not_hold_up_the_hub(hub: Any) -> None:
+async def test_slow_viewer_is_cut_back_without_holding_up_the_hub(hub: Any) -> None:
+    """A viewer whose socket never takes a byte: its backlog reaches the bound
+    (bytes; the delay bound is out of reach here), is cut back to keyframes,
+    and the drops are counted; the other viewer gets every frame."""
     units = access_units()
+    limits = BacklogLimits(max_delay=3600, max_bytes=32 * 1024)  # ~5 % of what is fed
+    assert max(map(len, units)) < limits.max_bytes // 2
+    hub.limits = limits
     hub.source_connected(hub.source, StreamInfo(b"", None, whole_units=True))
     stuck = AsyncMock(name="stuck")
 
@@ -132,21 +139,32 @@ async def test_slow_viewer_does_not_hold_up_the_hub(hub: Any) -> None:
     hub.attach(slow)
     hub.attach(fast)
     pumps = [asyncio.ensure_future(v.pump()) for v in (slow, fast)]
-    for rnd in range(3):
-        feed(hub, units, start=rnd * len(units))
-        await asyncio.sleep(0.01)
+    with capture_logs() as logs:
+        for i, unit in enumerate(units * 3):
+            feed(hub, [unit], start=i)
+            await asyncio.sleep(0)  # the fast viewer's pump drains; the stuck one can't
     await asyncio.sleep(0.05)
     for p in pumps:
         p.cancel()
     assert len([m for m in fast.ws.sent if isinstance(m, bytes)]) == 3 * len(units)
-    assert slow.backlog.frame_bytes <= hub.server.viewer_max_bytes
+    assert fast.backlog.dropped == 0
+    fed = 3 * sum(map(len, units))
+    assert fed > 10 * limits.max_bytes
+    assert slow.backlog.overflows >= 2, "the slow viewer never reached its bound"
+    assert 0 < slow.backlog.frame_bytes <= limits.max_bytes
+    assert slow.backlog.dropped > 0
+    assert hub.metrics.frames_dropped.labels("slow_viewer")._value.get() == slow.backlog.dropped
+    # The viewer says so itself, once per overflow.
+    drops = [e for e in logs if e["event"] == "frames dropped"]
+    assert len(drops) == slow.backlog.overflows
+    assert {e["viewer"] for e in drops} == {slow.id}
 
 
 async def test_on_demand_starts_with_first_viewer_and_lingers() -> None:
     loop = asyncio.get_running_loop()
     with patch("cxrelay.hub.create_source") as factory:
         hub = CameraHub(CameraConfig("cam", "rtsp://h/x", on_demand=True, linger=0.05),
-                        server=ServerConfig(), metrics=Metrics(), loop=loop)
+                        metrics=Metrics(), loop=loop)
         hub.start()
         assert factory.call_count == 0 and hub.state == "idle"
         viewer = Viewer(ws_mock(), hub.new_backlog(), hub.metrics)

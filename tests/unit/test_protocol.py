@@ -7,6 +7,7 @@ from cxrelay.protocol import (
     FLAG_DISCONTINUITY,
     FLAG_KEYFRAME,
     HEADER_SIZE,
+    CameraState,
     decode_frame,
     encode_frame,
     init_message,
@@ -48,6 +49,11 @@ def test_init_and_status_messages() -> None:
     init = json.loads(init_message("lobby", "avc1.42c01e", 640, 360))
     assert init == {"type": "init", "protocol": 1, "camera": "lobby", "codec": "avc1.42c01e",
                     "width": 640, "height": 360}
-    assert json.loads(status_message("live")) == {"type": "status", "state": "live"}
-    assert json.loads(status_message("offline", "401 Unauthorized"))["reason"] == \
+    assert json.loads(status_message(CameraState.LIVE)) == {"type": "status", "state": "live"}
+    assert json.loads(status_message(CameraState.OFFLINE, "401 Unauthorized"))["reason"] == \
         "401 Unauthorized"
+
+
+def test_camera_states_keep_their_wire_strings() -> None:
+    assert [str(s) for s in CameraState] == ["idle", "connecting", "live", "offline"]
+    assert json.dumps({"state": CameraState.CONNECTING}) == '{"state": "connecting"}'
