@@ -15,6 +15,7 @@ from cxrelay.config import (
     AuthConfig,
     CameraConfig,
     Config,
+    ConfigError,
     LogConfig,
     ServerConfig,
     load_config,
@@ -136,3 +137,13 @@ def test_operations_guide_lists_every_metric() -> None:
     assert families, "no metrics collected"
     missing = sorted(name for name in families if f"`{name}`" not in guide)
     assert not missing, f"docs/operations.md lacks {missing}"
+
+
+def test_documented_secret_length_is_the_one_checked() -> None:
+    """The example and docs/security.md state the shortest token secret the config takes."""
+    security = (EXAMPLE.parents[1] / "docs" / "security.md").read_text()
+    (stated,) = {int(n) for n in re.findall(r"At least (\d+) characters", EXAMPLE.read_text())}
+    assert f"shorter than {stated} characters" in " ".join(security.split())
+    assert parse_config({"auth": {"secret": "s" * stated}}, env={}).auth.secret
+    with pytest.raises(ConfigError, match="too short"):
+        parse_config({"auth": {"secret": "s" * (stated - 1)}}, env={})
