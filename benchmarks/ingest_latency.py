@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.camera.stamp import count_slices, find_stamps  # noqa: E402
+from tests.support import free_port  # noqa: E402
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 WS_HEADER = 17
@@ -258,12 +259,6 @@ def run_pyav_noparse(url: str, args: argparse.Namespace) -> Row:
 
 
 # -- d: cxrelay ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float) -> str | None:

@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -170,6 +171,10 @@ class RtspCamera:
 
     def __repr__(self) -> str:
         return f"RtspCamera({self.url or 'not started'}, {self.options})"
+
+
+# The rtsp_camera fixture (tests/conftest.py): options in, a started camera out.
+CameraFactory = Callable[..., RtspCamera]
 
 
 @dataclass

@@ -4,29 +4,14 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
 
 import av
 import pytest
 
-from tests.camera.harness import Capture, RtspCamera, camera_argv, read_packets
+from tests.camera.harness import CameraFactory, Capture, RtspCamera, camera_argv, read_packets
 from tests.camera.stamp import count_slices, find_stamp, find_stamps, iter_annexb, nal_type
 
 NAL_IDR, NAL_SEI, NAL_SPS, NAL_PPS = 5, 6, 7, 8
-
-
-@pytest.fixture
-def cameras() -> Iterator[list[RtspCamera]]:
-    started: list[RtspCamera] = []
-    yield started
-    for camera in started:
-        camera.stop()
-
-
-def start(cameras: list[RtspCamera], **options: object) -> RtspCamera:
-    camera = RtspCamera(**options)
-    cameras.append(camera)
-    return camera.start()
 
 
 def nal_types(unit: bytes) -> list[int]:
@@ -58,8 +43,8 @@ def test_camera_argv_turns_keywords_into_options() -> None:
     assert argv == ["--slices", "2", "--stamp"]
 
 
-def test_streams_h264_at_the_asked_size(cameras: list[RtspCamera]) -> None:
-    camera = start(cameras, width=320, height=240, fps=25)
+def test_streams_h264_at_the_asked_size(rtsp_camera: CameraFactory) -> None:
+    camera = rtsp_camera(width=320, height=240, fps=25)
     assert camera.url == f"rtsp://127.0.0.1:{camera.port}/cam"
     capture = read_packets(camera.url, 10)
     assert capture.codec == "h264"
@@ -71,8 +56,8 @@ def test_streams_h264_at_the_asked_size(cameras: list[RtspCamera]) -> None:
     assert frames and all((f.width, f.height) == (320, 240) for f in frames)
 
 
-def test_inband_parameter_sets_come_before_every_idr(cameras: list[RtspCamera]) -> None:
-    camera = start(cameras, gop=5)
+def test_inband_parameter_sets_come_before_every_idr(rtsp_camera: CameraFactory) -> None:
+    camera = rtsp_camera(gop=5)
     capture = read_packets(camera.url, 12)
     idr_units = [u for u in capture.packets if NAL_IDR in nal_types(u)]
     assert len(idr_units) >= 2
@@ -82,8 +67,8 @@ def test_inband_parameter_sets_come_before_every_idr(cameras: list[RtspCamera]) 
         assert types.index(NAL_SPS) < types.index(NAL_IDR)
 
 
-def test_sdp_params_are_in_extradata_and_never_inband(cameras: list[RtspCamera]) -> None:
-    camera = start(cameras, params="sdp", gop=5)
+def test_sdp_params_are_in_extradata_and_never_inband(rtsp_camera: CameraFactory) -> None:
+    camera = rtsp_camera(params="sdp", gop=5)
     capture = read_packets(camera.url, 12)
     extradata_types = nal_types(capture.extradata)
     assert NAL_SPS in extradata_types and NAL_PPS in extradata_types
@@ -93,8 +78,8 @@ def test_sdp_params_are_in_extradata_and_never_inband(cameras: list[RtspCamera])
         assert NAL_SPS not in types and NAL_PPS not in types, types
 
 
-def test_stamp_sei_in_every_unit_before_the_first_slice(cameras: list[RtspCamera]) -> None:
-    camera = start(cameras, stamp=True)
+def test_stamp_sei_in_every_unit_before_the_first_slice(rtsp_camera: CameraFactory) -> None:
+    camera = rtsp_camera(stamp=True)
     capture = read_packets(camera.url, 20)
     stamps = stamps_of(capture)
     counters = [counter for _, counter in stamps]
@@ -110,34 +95,34 @@ def test_stamp_sei_in_every_unit_before_the_first_slice(cameras: list[RtspCamera
         assert count_slices(unit) == 1  # the default is one slice per picture
 
 
-def test_no_stamp_unless_asked(cameras: list[RtspCamera]) -> None:
-    camera = start(cameras)
+def test_no_stamp_unless_asked(rtsp_camera: CameraFactory) -> None:
+    camera = rtsp_camera()
     capture = read_packets(camera.url, 5)
     assert all(find_stamp(unit) is None for unit in capture.packets)
 
 
-def test_two_slices_per_picture(cameras: list[RtspCamera]) -> None:
-    camera = start(cameras, slices=2, stamp=True)
+def test_two_slices_per_picture(rtsp_camera: CameraFactory) -> None:
+    camera = rtsp_camera(slices=2, stamp=True)
     capture = read_packets(camera.url, 10)
     assert [count_slices(unit) for unit in capture.packets] == [2] * 10
 
 
-def test_bframes_reorder_presentation(cameras: list[RtspCamera]) -> None:
-    camera = start(cameras, bframes=2, gop=25)
+def test_bframes_reorder_presentation(rtsp_camera: CameraFactory) -> None:
+    camera = rtsp_camera(bframes=2, gop=25)
     capture = read_packets(camera.url, 12)
     pts = [p for p in capture.pts if p is not None]
     assert pts != sorted(pts), "B-frames make presentation order differ from decode order"
     assert len(set(pts)) == len(pts)
 
 
-def test_udp_transport(cameras: list[RtspCamera]) -> None:
-    camera = start(cameras, stamp=True)
+def test_udp_transport(rtsp_camera: CameraFactory) -> None:
+    camera = rtsp_camera(stamp=True)
     capture = read_packets(camera.url, 5, transport="udp")
     assert len(stamps_of(capture)) == 5
 
 
-def test_viewers_share_one_encoder(cameras: list[RtspCamera]) -> None:
-    camera = start(cameras, stamp=True)
+def test_viewers_share_one_encoder(rtsp_camera: CameraFactory) -> None:
+    camera = rtsp_camera(stamp=True)
     captures: list[Capture] = []
 
     def read() -> None:
@@ -155,8 +140,8 @@ def test_viewers_share_one_encoder(cameras: list[RtspCamera]) -> None:
 
 
 @pytest.mark.parametrize("method", ["basic", "digest"])
-def test_auth_rejects_wrong_passwords(cameras: list[RtspCamera], method: str) -> None:
-    camera = start(cameras, user="viewer", password="pa:ss w@rd", auth=method, stamp=True)
+def test_auth_rejects_wrong_passwords(rtsp_camera: CameraFactory, method: str) -> None:
+    camera = rtsp_camera(user="viewer", password="pa:ss w@rd", auth=method, stamp=True)
     challenge = rtsp_describe(camera.port, "/cam")
     assert challenge.startswith("RTSP/1.0 401")
     assert f"WWW-Authenticate: {method.capitalize()}" in challenge
@@ -167,8 +152,8 @@ def test_auth_rejects_wrong_passwords(cameras: list[RtspCamera], method: str) ->
     assert len(stamps_of(capture)) == 3
 
 
-def test_restart_on_the_same_port(cameras: list[RtspCamera]) -> None:
-    camera = start(cameras, stamp=True)
+def test_restart_on_the_same_port(rtsp_camera: CameraFactory) -> None:
+    camera = rtsp_camera(stamp=True)
     url, port = camera.url, camera.port
     # A viewer stays connected across the restart: the camera closes that connection
     # itself, leaving the port in TIME_WAIT, which the new camera must not mind.
@@ -191,8 +176,8 @@ def test_restart_on_the_same_port(cameras: list[RtspCamera]) -> None:
         read_packets(url, 1, timeout=2)
 
 
-def test_sigterm_exits_cleanly_while_streaming(cameras: list[RtspCamera]) -> None:
-    camera = start(cameras, stamp=True)
+def test_sigterm_exits_cleanly_while_streaming(rtsp_camera: CameraFactory) -> None:
+    camera = rtsp_camera(stamp=True)
     process = camera._process
     assert process is not None
     result: list[Capture] = []
@@ -218,9 +203,9 @@ def test_harness_reports_camera_stderr_when_it_cannot_start() -> None:
         RtspCamera(params="bogus").start()
 
 
-def test_one_nal_unit_per_rtp_packet_and_fu_a_above_the_mtu(cameras: list[RtspCamera]) -> None:
+def test_one_nal_unit_per_rtp_packet_and_fu_a_above_the_mtu(rtsp_camera: CameraFactory) -> None:
     # Like most real cameras: no STAP-A aggregation, big slices fragmented (FU-A).
-    camera = start(cameras, slices=2, stamp=True, mtu=300, gop=5)
+    camera = rtsp_camera(slices=2, stamp=True, mtu=300, gop=5)
     options = {"rtsp_transport": "tcp", "probesize": "32", "fflags": "+noparse+nofillin"}
     with av.open(camera.url, options=options, timeout=(5, 5)) as container:
         payloads = [

@@ -20,7 +20,6 @@ The encodes are deterministic (``threads=1``); the RTSP capture is not.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -33,6 +32,9 @@ import av
 from av.video.frame import PictureType
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+from tests.support import free_port  # noqa: E402
+
 FPS = 25
 
 
@@ -157,12 +159,6 @@ _PIPELINE = (
     "! x264enc tune=zerolatency bitrate=500 key-int-max=25 threads=2 "
     "! rtph264pay name=pay0 pt=96 mtu=1200 )"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def record_rtsp(seconds: float = 1.7) -> None:

@@ -9,12 +9,10 @@ at a time, in STAP-A-like groups, or as whole units.
 from __future__ import annotations
 
 import itertools
-import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import av
@@ -43,31 +41,14 @@ from cxrelay.h264 import (
     unescape_rbsp,
 )
 from tests.camera.stamp import escape_rbsp as escape
+from tests.recordings import DATA, recording
 
-DATA = Path(__file__).resolve().parent.parent / "data"
 ENCODES = ["baseline", "slices4", "bframes", "sei_aud", "slice_change",
            "variant_cqm", "variant_444", "variant_interlaced"]
 VCL = (1, 2, 3, 4, 5)
 
 
 # --- recordings -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Recording:
-    meta: dict[str, Any]
-    packets: list[tuple[int, bytes, bool]]  # (pts_us, data, keyframe)
-
-
-def load(name: str) -> Recording:
-    meta = json.loads((DATA / f"{name}.json").read_text())
-    raw = (DATA / f"{name}.h264").read_bytes()
-    packets, pos = [], 0
-    for pts, size, key in meta["packets"]:
-        packets.append((pts, raw[pos:pos + size], key))
-        pos += size
-    assert pos == len(raw)
-    return Recording(meta, packets)
 
 
 @dataclass
@@ -88,7 +69,7 @@ class Au:
 
 
 def truth(name: str) -> list[Au]:
-    return [Au(pts, split_annexb(data), key) for pts, data, key in load(name).packets]
+    return [Au(pts, split_annexb(data), key) for pts, data, key in recording(name).packets]
 
 
 def sps_of(aus: Sequence[Au]) -> dict[int, Sps]:
@@ -219,7 +200,7 @@ def test_nal_type() -> None:
 
 @pytest.mark.parametrize("name", ENCODES)
 def test_sps_of_real_streams(name: str) -> None:
-    meta = load(name).meta
+    meta = recording(name).meta
     sps = sps_of(truth(name))
     assert list(sps) == [0]
     assert sps[0].codec == meta["codec"]
@@ -354,7 +335,7 @@ def test_parse_extradata_avcc_and_annexb() -> None:
     assert parse_extradata(annexb) == nals
     # Annex B extradata may carry other NAL units (SEI, AUD): only SPS/PPS come out.
     assert parse_extradata(b"\x00\x00\x01\x09\xf0" + annexb) == nals
-    rtsp = bytes.fromhex(load("rtsp_gst").meta["extradata"])
+    rtsp = bytes.fromhex(recording("rtsp_gst").meta["extradata"])
     assert [nal_type(n) for n in parse_extradata(rtsp)] == [NAL_SPS, NAL_PPS]
     assert parse_extradata(b"") == []
 
@@ -533,7 +514,7 @@ def test_one_push_with_one_pts_splits_on_slice_headers(name: str) -> None:
     rules of 7.4.1.2.4 and AUDs alone find the boundaries."""
     aus = truth(name)
     asm = AccessUnitAssembler()
-    units = asm.push(b"".join(data for _, data, _ in load(name).packets), 7, 1)
+    units = asm.push(b"".join(data for _, data, _ in recording(name).packets), 7, 1)
     units += asm.flush()
     assert [u.data for u in units] == [au.data for au in aus]
     assert {u.pts_us for u in units} == {7}
@@ -587,7 +568,7 @@ def test_rtsp_capture_matches_pyav_parser() -> None:
     """A real RTSP session (GStreamer x264enc, two slices, AUD, FU-A) as PyAV
     delivers it with fflags=+noparse: the assembler's units are the ones
     FFmpeg's own H.264 parser finds."""
-    rec = load("rtsp_gst")
+    rec = recording("rtsp_gst")
     packets = local_joiner(rec.packets)
     stream = b"".join(data for _, data in packets)
     parser = av.CodecContext.create("h264", "r")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,29 +19,23 @@ from cxrelay.h264 import (
     unescape_rbsp,
 )
 from tests.camera.stamp import escape_rbsp as escape
+from tests.recordings import recording
 
-DATA = Path(__file__).resolve().parent.parent / "data"
 STREAMS = ["baseline", "slices4", "bframes", "sei_aud", "slice_change", "variant_interlaced"]
 VCL = {1, 2, 3, 4, 5}
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def window_of(name: str, start: int, count: int) -> list[tuple[int, list[bytes]]]:
-    aus = recording(name)
+    aus = access_units(name)
     start %= len(aus)
     return aus[start:start + count]
 
 
 @functools.cache
-def recording(name: str) -> list[tuple[int, list[bytes]]]:
+def access_units(name: str) -> list[tuple[int, list[bytes]]]:
     """(pts_us, NAL units) of each true access unit."""
-    meta = json.loads((DATA / f"{name}.json").read_text())
-    raw = (DATA / f"{name}.h264").read_bytes()
-    out, pos = [], 0
-    for pts, size, _ in meta["packets"]:
-        out.append((pts, split_annexb(raw[pos:pos + size])))
-        pos += size
-    return out
+    return [(pts, split_annexb(data)) for pts, data, _ in recording(name).packets]
 
 
 def check_unit(unit: AccessUnit) -> list[bytes]:

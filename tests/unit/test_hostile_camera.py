@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from pathlib import Path
 from typing import Any
 from unittest.mock import AsyncMock, MagicMock, patch
 
@@ -21,18 +20,7 @@ from cxrelay.metrics import Metrics
 from cxrelay.protocol import decode_frame
 from cxrelay.sources import StreamInfo
 from cxrelay.viewer import Viewer
-
-DATA = Path(__file__).parent.parent / "data"
-
-
-def units(name: str) -> list[bytes]:
-    data = (DATA / f"{name}.h264").read_bytes()
-    meta = json.loads((DATA / f"{name}.json").read_text())
-    out, offset = [], 0
-    for _, size, _ in meta["packets"]:
-        out.append(data[offset:offset + size])
-        offset += size
-    return out
+from tests.recordings import recording
 
 
 def absurd_sps() -> bytes:
@@ -58,7 +46,7 @@ async def test_garbage_from_one_camera_leaves_the_other_untouched() -> None:
         hub.attach(viewers[hub.name])
     pumps = [asyncio.ensure_future(v.pump()) for v in viewers.values()]
 
-    small, big = units("baseline"), units("bframes")  # 640x360, then 1280x720
+    small, big = recording("baseline").units, recording("bframes").units  # 640x360, then 1280x720
     rng = random.Random(5)
     good_sent = []
     for i, unit in enumerate(small):

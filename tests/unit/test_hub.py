@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 from unittest.mock import AsyncMock, MagicMock, patch
 
@@ -20,19 +19,12 @@ from cxrelay.metrics import Metrics
 from cxrelay.protocol import FLAG_CATCHUP, FLAG_KEYFRAME, decode_frame
 from cxrelay.sources import StreamInfo
 from cxrelay.viewer import Viewer
-
-DATA = Path(__file__).parent.parent / "data"
+from tests.recordings import recording
 
 
 def access_units() -> list[bytes]:
-    """Whole access units of a real x264 stream, keyframe first (sizes from the sidecar)."""
-    data = (DATA / "baseline.h264").read_bytes()
-    meta = json.loads((DATA / "baseline.json").read_text())
-    units, offset = [], 0
-    for _, size, _ in meta["packets"]:
-        units.append(data[offset:offset + size])
-        offset += size
-    return units
+    """Whole access units of a real x264 stream, keyframe first."""
+    return recording("baseline").units
 
 
 @pytest.fixture

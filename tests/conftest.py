@@ -1,14 +1,12 @@
-"""Fixtures for tests that need a live RTSP camera (the GStreamer test camera)."""
+"""Fixtures for every tier: live RTSP cameras (the GStreamer test camera, tests/camera)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from tests.camera.harness import RtspCamera
-
-CameraFactory = Callable[..., RtspCamera]
+from tests.camera.harness import CameraFactory, RtspCamera
 
 
 @pytest.fixture
