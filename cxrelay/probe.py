@@ -20,8 +20,8 @@ from cxrelay.config import TRANSPORTS, validate_url
 from cxrelay.h264 import (
     NAL_IDR,
     NAL_PPS,
-    NAL_SLICE,
     NAL_SPS,
+    VCL_TYPES,
     H264Error,
     Sps,
     nal_type,
@@ -40,7 +40,6 @@ __all__ = ["ProbeReport", "format_report", "level_name", "probe", "profile_name"
 LONG_KEYFRAME_INTERVAL = 4.0
 # What browsers' H.264 decoders reliably take (Constrained Baseline, Main, High).
 BROWSER_PROFILES = frozenset({66, 77, 100})
-_VCL = frozenset(range(NAL_SLICE, NAL_IDR + 1))
 _CONSTRAINT_SET1, _CONSTRAINT_SET3, _CONSTRAINT_SET4, _CONSTRAINT_SET5 = 0x40, 0x10, 0x08, 0x04
 
 
@@ -140,7 +139,7 @@ class _Meter:
                 self.sps = _parse_sps(nal) or self.sps
             elif kind == NAL_PPS:
                 self.pps_seen = True
-        if not any(t in _VCL for t in types):
+        if not any(t in VCL_TYPES for t in types):
             return  # parameter sets, SEI, or the tail of a fragmented slice
         idr = NAL_IDR in types
         # All slices of a picture carry its RTP timestamp: a new one starts a picture.

@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 
 from cxrelay.config import CameraConfig
-from cxrelay.h264 import NAL_IDR, NAL_PPS, NAL_SPS, nal_type, parse_sps, split_annexb
+from cxrelay.h264 import (
+    NAL_IDR,
+    NAL_PPS,
+    NAL_SLICE,
+    NAL_SPS,
+    nal_type,
+    parse_sps,
+    split_annexb,
+)
 from cxrelay.protocol import FLAG_CATCHUP, FLAG_DISCONTINUITY, FLAG_KEYFRAME, Frame
 from tests.camera.stamp import find_stamp
 from tests.support import (
@@ -104,7 +112,7 @@ async def test_camera_nal_units_arrive_unchanged(rtsp_camera) -> None:
         for f in frames:
             assert find_stamp(f.payload) is not None
             kinds = types(f)
-            vcl = [k for k in kinds if k in (1, 5)]
+            vcl = [k for k in kinds if k in (NAL_SLICE, NAL_IDR)]
             assert len(vcl) == 2, kinds  # both slices of the picture, one message
         # No two consecutive messages share a timestamp (no picture cut in two).
         assert all(a.pts_us != b.pts_us for a, b in itertools.pairwise(frames))
@@ -242,7 +250,7 @@ async def test_every_message_is_one_whole_picture(rtsp_camera, options: dict[str
         slices = options.get("slices", 1)
         for f in live:
             kinds = types(f)
-            assert sum(k in (1, 5) for k in kinds) == slices, kinds
+            assert sum(k in (NAL_SLICE, NAL_IDR) for k in kinds) == slices, kinds
             assert find_stamp(f.payload) is not None
         stamps = [find_stamp(f.payload)[1] for f in live]
         # One stamp per picture, each exactly once: nothing split or merged.
@@ -273,7 +281,7 @@ async def test_parser_fallback_still_sends_whole_pictures(rtsp_camera) -> None:
         _, frames = await first_live_frames(v, 30)
         stamps = [find_stamp(f.payload)[1] for f in frames]
         assert stamps == list(range(stamps[0], stamps[0] + len(stamps)))
-        assert all(sum(k in (1, 5) for k in types(f)) == 2 for f in frames)
+        assert all(sum(k in (NAL_SLICE, NAL_IDR) for k in types(f)) == 2 for f in frames)
 
 
 @pytest.mark.parametrize("auth", ["basic", "digest"])

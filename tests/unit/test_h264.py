@@ -27,6 +27,7 @@ from cxrelay.h264 import (
     NAL_SEI,
     NAL_SLICE,
     NAL_SPS,
+    VCL_TYPES,
     AccessUnit,
     AccessUnitAssembler,
     H264Error,
@@ -45,7 +46,6 @@ from tests.recordings import DATA, recording
 
 ENCODES = ["baseline", "slices4", "bframes", "sei_aud", "slice_change",
            "variant_cqm", "variant_444", "variant_interlaced"]
-VCL = (1, 2, 3, 4, 5)
 
 
 # --- recordings -----------------------------------------------------------------------------------
@@ -65,7 +65,7 @@ class Au:
 
     @property
     def last_vcl(self) -> int:
-        return max(i for i, nal in enumerate(self.nals) if nal_type(nal) in VCL)
+        return max(i for i, nal in enumerate(self.nals) if nal_type(nal) in VCL_TYPES)
 
 
 def truth(name: str) -> list[Au]:
@@ -154,7 +154,7 @@ def assert_units_match(units: Sequence[AccessUnit], aus: Sequence[Au]) -> None:
     assert [u.keyframe for u in units] == [au.keyframe for au in aus]
     for unit, au in zip(units, aus, strict=True):
         assert unit.data == au.data
-        assert unit.slices == sum(nal_type(nal) in VCL for nal in au.nals)
+        assert unit.slices == sum(nal_type(nal) in VCL_TYPES for nal in au.nals)
 
 
 # --- NAL units ------------------------------------------------------------------------------------
@@ -258,7 +258,7 @@ def slice_headers(name: str) -> list[tuple[int, Any]]:
     sps = sps_of(aus)
     pps = {0: parse_pps(pps_nal(name), sps)}
     return [(index, parse_slice_header(nal, sps, pps)) for index, au in enumerate(aus)
-            for nal in au.nals if nal_type(nal) in VCL]
+            for nal in au.nals if nal_type(nal) in VCL_TYPES]
 
 
 def test_slice_headers_with_b_frames() -> None:
