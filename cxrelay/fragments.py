@@ -46,7 +46,6 @@ class FragmentJoiner:
         self._open = False  # the last NAL unit may still get continuation bytes
         self._first_len = 0  # length of the last NAL unit of the latest start packet
         self.fragment_size = 0  # learned: the size of a full continuation packet
-        self.orphans = 0  # continuation bytes with nothing to continue (packet loss)
 
     @property
     def pending(self) -> bool:
@@ -75,8 +74,7 @@ class FragmentJoiner:
 
     def _continue(self, data: bytes, ingest_us: int) -> list[NalChunk]:
         if not self._parts:
-            self.orphans += 1
-            return []
+            return []  # its first fragment was lost: the assembler drops the picture
         if len(self._parts) == 1:
             # Its start packet was a first fragment, and first fragments are
             # full: the rebuilt NAL header plus exactly one fragment's bytes.

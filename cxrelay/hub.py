@@ -1,23 +1,23 @@
 """One hub per camera: one upstream connection shared by all its viewers.
 
 The hub runs entirely on the event loop. Its source thread hands it packets;
-it assembles them into access units, keeps the GOP cache, and fans frames out
-to each viewer's bounded backlog. It never awaits a viewer.
+its ``Ingest`` turns them into whole pictures; the hub keeps the GOP cache and
+fans frames out to each viewer's bounded backlog. It never awaits a viewer.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import structlog
 
 from cxrelay.backlog import Backlog, BacklogLimits
 from cxrelay.config import CameraConfig
-from cxrelay.fragments import FragmentJoiner
 from cxrelay.gop import GopCache
-from cxrelay.h264 import AccessUnit, AccessUnitAssembler
+from cxrelay.ingest import IDLE_FLUSH_US, AccessUnit, Ingest, IngestResult, StreamParams
 from cxrelay.metrics import Metrics
 from cxrelay.protocol import (
     FLAG_DISCONTINUITY,
@@ -27,15 +27,14 @@ from cxrelay.protocol import (
     init_message,
     status_message,
 )
-from cxrelay.sources import Source, StreamInfo, create_source
+from cxrelay.sources import Source, SourceSink, StreamInfo, create_source
 
 log = structlog.get_logger("cxrelay.camera")
 
-# How long a unit may sit with no new packet before it is taken as complete,
-# while the stream's slice layout is not yet known. A few ms: slices of one
-# picture arrive back to back, and the next picture is a frame interval away.
-ASSEMBLY_IDLE = 0.004
 STATS_WINDOW_US = 5_000_000
+
+# Makes a camera's source (a thread, not yet started) that reports to the sink.
+SourceFactory = Callable[[CameraConfig, SourceSink, asyncio.AbstractEventLoop], Source]
 
 
 class RateMeter:
@@ -94,6 +93,7 @@ class CameraHub:
         metrics: Metrics,
         loop: asyncio.AbstractEventLoop,
         limits: BacklogLimits | None = None,
+        source_factory: SourceFactory = create_source,
     ) -> None:
         self.camera = camera
         self.limits = limits or BacklogLimits()  # each new viewer's backlog; a reload may change it
@@ -104,12 +104,10 @@ class CameraHub:
         self.reason: str | None = None
         self.last_error: str | None = None
         self.log = log.bind(camera=camera.name)
+        self._source_factory = source_factory
         self._source: Source | None = None
         self._retired: list[Source] = []
-        self._assembler = AccessUnitAssembler()
-        self._joiner = FragmentJoiner()
-        self._drops_counted = (0, 0)  # the assembler's drop counters, as already reported
-        self._whole_units = True
+        self._ingest: Ingest | None = None  # the connected stream's
         self._gop = GopCache(camera.gop_cache_bytes)
         self._init: str | None = None
         self._stream_key: tuple[str, int, int] | None = None
@@ -141,7 +139,7 @@ class CameraHub:
         if self._source is not None:
             return
         self._set_state(CameraState.CONNECTING)
-        self._source = create_source(self.camera, self, self.loop)
+        self._source = self._source_factory(self.camera, self, self.loop)
         self._source.start()
 
     def _stop_source(self) -> None:
@@ -234,8 +232,7 @@ class CameraHub:
             viewer.send_text(message)
 
     def _reset_stream(self) -> None:
-        self._joiner.reset()
-        self._assembler.reset()
+        self._ingest = None
         self._gop.clear()
         self._need_init = True
         self._rate.clear()
@@ -267,9 +264,7 @@ class CameraHub:
         if source is not self._source:
             return
         self._reset_stream()
-        self._assembler = AccessUnitAssembler(info.extradata)
-        self._drops_counted = (0, 0)
-        self._whole_units = info.whole_units
+        self._ingest = Ingest(info)
         self._connections += 1
         details = {"transport": info.transport} if info.transport else {}
         if self._failing_reason is not None or self._connections > 1:
@@ -294,66 +289,49 @@ class CameraHub:
         self._set_state(CameraState.OFFLINE, reason)
 
     def source_packet(self, source: Source, data: bytes, pts_us: int, ingest_us: int) -> None:
-        if source is not self._source:
+        if source is not self._source or self._ingest is None:
             return
-        assembler = self._assembler
-        if self._whole_units:
-            # Not flushed at once: FFmpeg's parser can cut a multi-slice
-            # picture in two packets, and the assembler rejoins them. Once the
-            # slice layout is known, a unit still leaves with its last slice.
-            units = assembler.push(data, pts_us, ingest_us)
-        else:
-            units = []
-            for chunk in self._joiner.push(data, pts_us, ingest_us):
-                units += assembler.push(chunk.data, chunk.pts_us, chunk.ingest_us)
-        self._arm_idle()
-        for unit in units:
-            self._publish(unit)
-        self._count_drops()
+        self._deliver(self._ingest.push(data, pts_us, ingest_us))
 
     # --- assembly -------------------------------------------------------------------------------
 
-    def _arm_idle(self) -> None:
+    def _deliver(self, result: IngestResult) -> None:
         self._cancel_idle()
-        if self._joiner.pending or (
-            self._assembler.pending and not self._assembler.slice_count_known
-        ):
-            self._idle_timer = self.loop.call_later(ASSEMBLY_IDLE, self._idle_expired)
+        if result.deadline_us is not None:
+            # Set by the push just taken, so it is IDLE_FLUSH_US from now.
+            self._idle_timer = self.loop.call_later(
+                IDLE_FLUSH_US / 1e6, self._idle_expired, result.deadline_us)
+        for index, unit in enumerate(result.frames):
+            params = result.inits.get(index)
+            if params is not None:
+                self._new_stream(params)
+            self._publish(unit)
+        if result.drops:
+            self._count_drops(result.drops)
 
     def _cancel_idle(self) -> None:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
 
-    def _idle_expired(self) -> None:
+    def _idle_expired(self, deadline_us: int) -> None:
         self._idle_timer = None
-        units: list[AccessUnit] = []
-        for chunk in self._joiner.flush():
-            units += self._assembler.push(chunk.data, chunk.pts_us, chunk.ingest_us)
-        units += self._assembler.flush()
-        for unit in units:
-            self._publish(unit)
-        self._count_drops()
+        if self._ingest is not None:
+            self._deliver(self._ingest.flush(deadline_us))
 
-    def _count_drops(self) -> None:
+    def _count_drops(self, drops: dict[str, int]) -> None:
         """Pictures the assembler refused (lost packets, garbage) into the metrics."""
-        a = self._assembler
-        partial, corrupt = a.dropped_partial, a.dropped_corrupt + a.dropped_no_parameter_sets
-        if (partial, corrupt) == self._drops_counted:
-            return
-        new_partial = partial - self._drops_counted[0]
-        new_corrupt = corrupt - self._drops_counted[1]
-        self._drops_counted = (partial, corrupt)
-        if new_partial:
-            self.metrics.frames_dropped.labels("partial").inc(new_partial)
-        if new_corrupt:
-            self.metrics.frames_dropped.labels("corrupt").inc(new_corrupt)
-        self.log.debug("pictures dropped", partial=new_partial, corrupt=new_corrupt)
+        for reason, count in drops.items():
+            self.metrics.frames_dropped.labels(reason).inc(count)
+        if drops.get("internal_error"):
+            self.log.error("bug in picture assembly, pictures dropped", **drops)
+        else:
+            self.log.debug("pictures dropped", **drops)
 
     # --- fan-out --------------------------------------------------------------------------------
 
     def _publish(self, unit: AccessUnit) -> None:
-        if unit.keyframe and unit.sps is not None:
+        if unit.keyframe:
             self._on_keyframe(unit)
         if self._need_init:
             return  # no decoder can start before a keyframe
@@ -375,20 +353,20 @@ class CameraHub:
         if dropped:
             self._dropped_slow.inc(dropped)
 
+    def _new_stream(self, params: StreamParams) -> None:
+        """The keyframe about to be published starts a stream with these parameters."""
+        key = (params.codec, params.width, params.height)
+        if self._stream_key is not None and key != self._stream_key:
+            self.log.info("stream changed", codec=params.codec, width=params.width,
+                          height=params.height)
+        self._stream_key = key
+        self._init = init_message(self.name, *key)
+        self._need_init = False
+        self._gop.clear()
+        for viewer in self.viewers:
+            viewer.send_text(self._init)
+
     def _on_keyframe(self, unit: AccessUnit) -> None:
-        sps = unit.sps
-        assert sps is not None
-        key = (sps.codec, sps.width, sps.height)
-        if self._need_init or key != self._stream_key:
-            if self._stream_key is not None and key != self._stream_key:
-                self.log.info("stream changed", codec=sps.codec, width=sps.width,
-                              height=sps.height)
-            self._stream_key = key
-            self._init = init_message(self.name, *key)
-            self._need_init = False
-            self._gop.clear()
-            for viewer in self.viewers:
-                viewer.send_text(self._init)
         if self._last_keyframe_us is not None:
             interval = (unit.ingest_us - self._last_keyframe_us) / 1e6
             self.metrics.keyframe_interval.labels(self.name).set(interval)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from cxrelay.h264.bits import (
@@ -35,6 +36,7 @@ from cxrelay.h264.syntax import (
     parse_sps,
     slice_prefix,
 )
+from cxrelay.ingest import StreamParams
 
 # Bounds on what a broken stream can make the assembler hold: NAL units in one
 # picture (cameras that slice per macroblock row stay far below), and NAL units
@@ -57,6 +59,11 @@ class AccessUnit:
     sps: Sps | None  # the SPS active for its slices (None only if unknown)
     discontinuity: bool  # units were dropped (partial/corrupt) since the previous one emitted
     slices: int  # number of VCL NAL units
+
+    @property
+    def params(self) -> StreamParams | None:
+        sps = self.sps
+        return None if sps is None else StreamParams(sps.codec, sps.width, sps.height)
 
 
 class _Slice:
@@ -164,15 +171,11 @@ class AccessUnitAssembler:
         self.dropped_partial = 0
         self.dropped_corrupt = 0
         self.dropped_no_parameter_sets = 0  # IDR units whose SPS/PPS were never seen
-        self.injected_parameter_sets = 0  # IDR units that got SPS/PPS put in front
         self.internal_errors = 0  # bugs caught to keep the camera going; should stay 0
-        # Why the constructor's extradata was ignored (in-band SPS/PPS may still come).
-        self.extradata_error: str | None = None
         if extradata:
-            try:
+            # Malformed extradata is ignored: in-band SPS/PPS may still come.
+            with contextlib.suppress(H264Error):
                 self.set_extradata(extradata)
-            except H264Error as exc:
-                self.extradata_error = str(exc)
 
     # --- public -----------------------------------------------------------------------------------
 
@@ -181,7 +184,7 @@ class AccessUnitAssembler:
 
         Raises H264Error if any of it is malformed; nothing is adopted then,
         and in-band parameter sets still work. (The constructor doesn't
-        raise: it notes the error in ``extradata_error``.)"""
+        raise: it ignores malformed extradata.)"""
         nals = parse_extradata(extradata)
         sps = dict(self._sps)
         parsed: list[tuple[bytes, Sps | Pps]] = []
@@ -235,6 +238,17 @@ class AccessUnitAssembler:
             return True
         n = len(cur.first_mbs)
         return 0 < n < len(layout) and tuple(cur.first_mbs) == layout[:n]
+
+    @property
+    def drops(self) -> dict[str, int]:
+        """Pictures dropped since the start, by reason: ``partial`` (lost
+        slices), ``corrupt`` (malformed, or an IDR whose parameter sets were
+        never seen), ``internal_error`` (a bug caught; should stay 0)."""
+        return {
+            "partial": self.dropped_partial,
+            "corrupt": self.dropped_corrupt + self.dropped_no_parameter_sets,
+            "internal_error": self.internal_errors,
+        }
 
     @property
     def layout(self) -> tuple[int, ...] | None:
@@ -505,7 +519,6 @@ class AccessUnitAssembler:
         missing = [(key, nal) for key, nal in cur.needs.items() if key not in cur.present]
         if not missing:
             return cur.nals
-        self.injected_parameter_sets += 1
         nals = list(cur.nals)
         at = 1 if nals and nals[0][0] & 0x1F == NAL_AUD else 0
         nals[at:at] = [nal for (kind, _), nal in missing if kind == NAL_SPS]

@@ -12,13 +12,13 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
 
 from cxrelay.backoff import Backoff
 from cxrelay.config import CameraConfig
+from cxrelay.ingest import StreamInfo
 from cxrelay.redact import redact_text, url_secrets
 
 log = structlog.get_logger("cxrelay.source")
@@ -30,13 +30,6 @@ HEALTHY_AFTER = 10.0
 
 class SourceError(Exception):
     """An expected camera failure, with a reason fit for operators (no secrets)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StreamInfo:
-    extradata: bytes  # SPS/PPS from the SDP or container (avcC or Annex B); may be empty
-    transport: str | None  # "tcp" / "udp" for RTSP
-    whole_units: bool  # packets are whole access units (FFmpeg's parser, files, demo)
 
 
 class SourceSink(Protocol):

@@ -256,8 +256,8 @@ async def test_every_message_is_one_whole_picture(rtsp_camera, options: dict[str
         # One stamp per picture, each exactly once: nothing split or merged.
         assert len(set(stamps)) == len(stamps)
         assert all(a.pts_us != b.pts_us for a, b in itertools.pairwise(live))
-        hub = relay.hubs["cam"]
-        assert hub._assembler.dropped_partial == 0 and hub._assembler.dropped_corrupt == 0
+        dropped = relay.hubs["cam"].metrics.frames_dropped
+        assert [dropped.labels(reason)._value.get() for reason in ("partial", "corrupt")] == [0, 0]
         if options.get("bframes"):
             assert any(b.pts_us < a.pts_us for a, b in itertools.pairwise(live))
 

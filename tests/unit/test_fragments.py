@@ -59,10 +59,14 @@ def test_full_size_last_fragment_waits_for_next_packet_or_flush() -> None:
     assert [c.pts_us for c in out] == [6, 7]
 
 
-def test_orphan_continuation_is_counted_and_dropped() -> None:
+def test_orphan_continuation_is_dropped() -> None:
+    """Continuation bytes whose first fragment was lost: nothing to join them
+    to (the assembler then drops the picture that lacks the slice)."""
     j = FragmentJoiner()
     assert j.push(b"\x12\x34", 0, 0) == []
-    assert j.orphans == 1
+    assert not j.pending
+    small = SC + nal(0x41, 50)
+    assert [c.data for c in j.push(small, 1, 1)] == [small]
 
 
 def test_large_unfragmented_nal_before_learning_is_held_not_lost() -> None:

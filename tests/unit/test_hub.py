@@ -1,12 +1,13 @@
-"""The hub and viewer pump as single pieces: a fake source drives the hub's
-sink methods; WebSockets are AsyncMocks."""
+"""The hub and viewer pump as single pieces: the hub gets a source factory
+that makes fake sources, and the test drives the hub's sink methods as those
+sources would; WebSockets are AsyncMocks."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from typing import Any
-from unittest.mock import AsyncMock, MagicMock, patch
+from unittest.mock import AsyncMock, MagicMock
 
 import pytest
 from structlog.testing import capture_logs
@@ -27,15 +28,32 @@ def access_units() -> list[bytes]:
     return recording("baseline").units
 
 
+class FakeSources:
+    """A source factory: each source it makes is a mock, kept for the test."""
+
+    def __init__(self) -> None:
+        self.made: list[MagicMock] = []
+
+    def __call__(self, camera: CameraConfig, sink: Any, loop: Any) -> Any:
+        self.made.append(MagicMock(name=f"source {len(self.made)}"))
+        return self.made[-1]
+
+    @property
+    def latest(self) -> Any:
+        return self.made[-1]
+
+
 @pytest.fixture
-async def hub() -> Any:
-    loop = asyncio.get_running_loop()
-    with patch("cxrelay.hub.create_source") as factory:
-        factory.side_effect = lambda *a: MagicMock(name="source")
-        hub = CameraHub(CameraConfig("cam", "rtsp://h/x"), metrics=Metrics(), loop=loop)
-        hub.start()
-        hub.source = hub._source
-        yield hub
+def sources() -> FakeSources:
+    return FakeSources()
+
+
+@pytest.fixture
+async def hub(sources: FakeSources) -> CameraHub:
+    hub = CameraHub(CameraConfig("cam", "rtsp://h/x"), metrics=Metrics(),
+                    loop=asyncio.get_running_loop(), source_factory=sources)
+    hub.start()
+    return hub
 
 
 def ws_mock() -> AsyncMock:
@@ -45,21 +63,23 @@ def ws_mock() -> AsyncMock:
     return ws
 
 
-def feed(hub: CameraHub, units: list[bytes], start: int = 0) -> None:
+def feed(hub: CameraHub, source: Any, units: list[bytes], start: int = 0) -> None:
     for i, unit in enumerate(units):
         pts = (start + i) * 40_000
-        hub.source_packet(hub.source, unit, pts, 1_000 + pts)
+        hub.source_packet(source, unit, pts, 1_000 + pts)
 
 
-async def test_viewer_joining_mid_gop_gets_init_status_catchup_then_live(hub: Any) -> None:
+async def test_viewer_joining_mid_gop_gets_init_status_catchup_then_live(
+        hub: CameraHub, sources: FakeSources) -> None:
+    source = sources.latest
     units = access_units()
-    hub.source_connected(hub.source, StreamInfo(b"", None, whole_units=True))
-    feed(hub, units[:5])
+    hub.source_connected(source, StreamInfo(b"", None, whole_units=True))
+    feed(hub, source, units[:5])
     assert hub.state == "live"
     ws = ws_mock()
     viewer = Viewer(ws, hub.new_backlog(), hub.metrics)
     hub.attach(viewer)
-    feed(hub, units[5:7], start=5)
+    feed(hub, source, units[5:7], start=5)
     pump = asyncio.ensure_future(viewer.pump())
     await asyncio.sleep(0.05)
     pump.cancel()
@@ -76,18 +96,20 @@ async def test_viewer_joining_mid_gop_gets_init_status_catchup_then_live(hub: An
     assert [split_annexb(f.payload) for f in frames] == [split_annexb(u) for u in units[:7]]
 
 
-async def test_failure_tells_viewers_and_reconnect_sends_a_new_init(hub: Any) -> None:
+async def test_failure_tells_viewers_and_reconnect_sends_a_new_init(
+        hub: CameraHub, sources: FakeSources) -> None:
+    source = sources.latest
     units = access_units()
-    hub.source_connected(hub.source, StreamInfo(b"", None, whole_units=True))
-    feed(hub, units[:3])
+    hub.source_connected(source, StreamInfo(b"", None, whole_units=True))
+    feed(hub, source, units[:3])
     viewer = Viewer(ws_mock(), hub.new_backlog(), hub.metrics)
     hub.attach(viewer)
-    hub.source_failed(hub.source, "401 Unauthorized")
-    hub.source_failed(hub.source, "401 Unauthorized")  # a retry: not news
+    hub.source_failed(source, "401 Unauthorized")
+    hub.source_failed(source, "401 Unauthorized")  # a retry: not news
     assert hub.state == "offline" and hub.last_error == "401 Unauthorized"
-    hub.source_connected(hub.source, StreamInfo(b"", None, whole_units=True))
-    feed(hub, units[1:3], start=100)  # deltas first: nobody can start on those
-    feed(hub, units[:2], start=200)
+    hub.source_connected(source, StreamInfo(b"", None, whole_units=True))
+    feed(hub, source, units[1:3], start=100)  # deltas first: nobody can start on those
+    feed(hub, source, units[:2], start=200)
     pump = asyncio.ensure_future(viewer.pump())
     await asyncio.sleep(0.05)
     pump.cancel()
@@ -104,14 +126,18 @@ async def test_failure_tells_viewers_and_reconnect_sends_a_new_init(hub: Any) ->
     assert hub.metrics.reconnects.labels("cam")._value.get() == 1
 
 
-async def test_events_from_a_stopped_source_are_ignored(hub: Any) -> None:
-    old = hub.source
+async def test_events_from_a_stopped_source_are_ignored(
+        hub: CameraHub, sources: FakeSources) -> None:
+    old = sources.latest
     hub.reconfigure(CameraConfig("cam", "rtsp://h/y"))
+    assert sources.latest is not old
     hub.source_failed(old, "late news from the old thread")
     assert hub.last_error is None
 
 
-async def test_slow_viewer_is_cut_back_without_holding_up_the_hub(hub: Any) -> None:
+async def test_slow_viewer_is_cut_back_without_holding_up_the_hub(
+        hub: CameraHub, sources: FakeSources) -> None:
+    source = sources.latest
     """A viewer whose socket never takes a byte: its backlog reaches the bound
     (bytes; the delay bound is out of reach here), is cut back to keyframes,
     and the drops are counted; the other viewer gets every frame."""
@@ -119,7 +145,7 @@ async def test_slow_viewer_is_cut_back_without_holding_up_the_hub(hub: Any) -> N
     limits = BacklogLimits(max_delay=3600, max_bytes=32 * 1024)  # ~5 % of what is fed
     assert max(map(len, units)) < limits.max_bytes // 2
     hub.limits = limits
-    hub.source_connected(hub.source, StreamInfo(b"", None, whole_units=True))
+    hub.source_connected(source, StreamInfo(b"", None, whole_units=True))
     stuck = AsyncMock(name="stuck")
 
     async def never(message: object) -> None:
@@ -133,7 +159,7 @@ async def test_slow_viewer_is_cut_back_without_holding_up_the_hub(hub: Any) -> N
     pumps = [asyncio.ensure_future(v.pump()) for v in (slow, fast)]
     with capture_logs() as logs:
         for i, unit in enumerate(units * 3):
-            feed(hub, [unit], start=i)
+            feed(hub, source, [unit], start=i)
             await asyncio.sleep(0)  # the fast viewer's pump drains; the stuck one can't
     await asyncio.sleep(0.05)
     for p in pumps:
@@ -152,17 +178,15 @@ async def test_slow_viewer_is_cut_back_without_holding_up_the_hub(hub: Any) -> N
     assert {e["viewer"] for e in drops} == {slow.id}
 
 
-async def test_on_demand_starts_with_first_viewer_and_lingers() -> None:
-    loop = asyncio.get_running_loop()
-    with patch("cxrelay.hub.create_source") as factory:
-        hub = CameraHub(CameraConfig("cam", "rtsp://h/x", on_demand=True, linger=0.05),
-                        metrics=Metrics(), loop=loop)
-        hub.start()
-        assert factory.call_count == 0 and hub.state == "idle"
-        viewer = Viewer(ws_mock(), hub.new_backlog(), hub.metrics)
-        hub.attach(viewer)
-        assert factory.call_count == 1 and hub.state == "connecting"
-        hub.detach(viewer)
-        await asyncio.sleep(0.15)
-        factory.return_value.stop.assert_called_once()
-        assert hub.state == "idle"
+async def test_on_demand_starts_with_first_viewer_and_lingers(sources: FakeSources) -> None:
+    hub = CameraHub(CameraConfig("cam", "rtsp://h/x", on_demand=True, linger=0.05),
+                    metrics=Metrics(), loop=asyncio.get_running_loop(), source_factory=sources)
+    hub.start()
+    assert sources.made == [] and hub.state == "idle"
+    viewer = Viewer(ws_mock(), hub.new_backlog(), hub.metrics)
+    hub.attach(viewer)
+    assert len(sources.made) == 1 and hub.state == "connecting"
+    hub.detach(viewer)
+    await asyncio.sleep(0.15)
+    sources.latest.stop.assert_called_once()
+    assert hub.state == "idle"

@@ -1,0 +1,204 @@
+"""From a camera's packets to whole pictures, for any codec. Pure: no asyncio,
+av or websockets; tests feed it bytes.
+
+One ``Ingest`` per stream (a source's connection): it rejoins FU-A fragments
+(``FragmentJoiner``), has the codec's ``Assembler`` group NAL units into
+access units, holds frames back until the first keyframe, says when the
+stream's parameters change (a new ``init`` for the viewers), counts what the
+assembler dropped by reason, and says until when a held picture may wait for
+more packets before the idle flush takes it as complete.
+
+A codec plugs in by implementing ``Assembler`` (and its ``AccessUnit``) and
+adding a branch to ``new_assembler``; the sources choose the codec through
+``StreamInfo.codec``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cxrelay.fragments import FragmentJoiner
+
+__all__ = [
+    "IDLE_FLUSH_US",
+    "AccessUnit",
+    "Assembler",
+    "Ingest",
+    "IngestResult",
+    "StreamInfo",
+    "StreamParams",
+    "new_assembler",
+]
+
+# How long a picture may sit with no new packet before it is taken as complete,
+# while the stream's slice layout is not yet known (or a fragment may go on).
+# A few ms: slices of one picture arrive back to back, and the next picture is
+# a frame interval away.
+IDLE_FLUSH_US = 4_000
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """What a source knows about a stream when it connects."""
+
+    extradata: bytes  # parameter sets from the SDP or container; may be empty
+    transport: str | None  # "tcp" / "udp" for RTSP
+    whole_units: bool  # packets are whole access units (FFmpeg's parser, files, demo)
+    codec: str = "h264"  # which Assembler groups its NAL units
+
+
+@dataclass(frozen=True, slots=True)
+class StreamParams:
+    """What a decoder must know before the first frame: the viewers' ``init``."""
+
+    codec: str  # RFC 6381 codec string, e.g. "avc1.42c01e"
+    width: int
+    height: int
+
+
+class AccessUnit(Protocol):
+    """One whole picture, as a codec's assembler emits it."""
+
+    @property
+    def data(self) -> bytes: ...  # Annex B, ready to send
+
+    @property
+    def pts_us(self) -> int: ...  # presentation timestamp, as pushed
+
+    @property
+    def ingest_us(self) -> int: ...  # arrival of the packet that completed it
+
+    @property
+    def keyframe(self) -> bool: ...  # a decoder can start here (its parameter sets included)
+
+    @property
+    def discontinuity(self) -> bool: ...  # pictures were dropped since the previous one
+
+    @property
+    def params(self) -> StreamParams | None: ...  # known for every keyframe
+
+
+class Assembler(Protocol):
+    """Groups one codec's NAL units into access units. ``push`` and ``flush``
+    never raise: bad input is dropped, counted in ``drops``, and the next unit
+    out carries ``discontinuity``."""
+
+    def push(self, data: bytes, pts_us: int, ingest_us: int) -> Sequence[AccessUnit]:
+        """Annex B data (NAL units, or whole access units) in decode order;
+        the access units it completes."""
+        ...
+
+    def flush(self) -> Sequence[AccessUnit]:
+        """Take the unit being assembled as complete (idle flush, end of stream)."""
+        ...
+
+    def reset(self) -> None:
+        """Forget the stream's state (the partial unit is dropped); parameter sets are kept."""
+        ...
+
+    @property
+    def pending(self) -> bool:
+        """A unit with at least one slice is being assembled."""
+        ...
+
+    @property
+    def slice_count_known(self) -> bool:
+        """push() will emit the pending unit with its last slice: no idle flush needed."""
+        ...
+
+    @property
+    def drops(self) -> Mapping[str, int]:
+        """Pictures dropped since the start, by reason ("partial", "corrupt", ...)."""
+        ...
+
+
+def new_assembler(info: StreamInfo) -> Assembler:
+    """The assembler for the stream's codec, primed with its extradata."""
+    if info.codec == "h264":
+        # Imported here: cxrelay.h264 imports StreamParams from this module.
+        from cxrelay.h264 import AccessUnitAssembler
+
+        return AccessUnitAssembler(info.extradata)
+    raise ValueError(f"no assembler for codec {info.codec!r}")
+
+
+@dataclass(slots=True)
+class IngestResult:
+    frames: list[AccessUnit] = field(default_factory=list)  # whole pictures, decode order
+    # frames[i] is the keyframe that starts a stream with new parameters:
+    # announce them (an ``init``) before sending it. Empty nearly always.
+    inits: dict[int, StreamParams] = field(default_factory=dict)
+    drops: dict[str, int] = field(default_factory=dict)  # newly dropped pictures, by reason
+    # Wall clock (as ``received_us``) at which ``flush(now)`` would take what is
+    # held as complete; None: nothing waits for the idle flush.
+    deadline_us: int | None = None
+
+
+class Ingest:
+    """Packets of one stream in, whole pictures out. Not thread-safe: one
+    caller at a time."""
+
+    def __init__(self, info: StreamInfo, *, idle_us: int = IDLE_FLUSH_US,
+                 assembler: Assembler | None = None) -> None:
+        self.info = info
+        self.idle_us = idle_us
+        self._assembler = assembler if assembler is not None else new_assembler(info)
+        # Whole-unit sources need no rejoining; they still go through the
+        # assembler, since FFmpeg's parser can cut a multi-slice picture in two.
+        self._joiner = None if info.whole_units else FragmentJoiner()
+        self._params: StreamParams | None = None
+        self._drops_seen = dict(self._assembler.drops)
+        self.deadline_us: int | None = None
+
+    @property
+    def params(self) -> StreamParams | None:
+        """The stream's parameters, once a keyframe has announced them."""
+        return self._params
+
+    def push(self, data: bytes, pts_us: int, received_us: int) -> IngestResult:
+        """One packet as the source read it, and the wall clock (µs) it arrived."""
+        assembler = self._assembler
+        if self._joiner is None:
+            units = list(assembler.push(data, pts_us, received_us))
+        else:
+            units = []
+            for chunk in self._joiner.push(data, pts_us, received_us):
+                units += assembler.push(chunk.data, chunk.pts_us, chunk.ingest_us)
+        waiting = (self._joiner is not None and self._joiner.pending) or (
+            assembler.pending and not assembler.slice_count_known)
+        self.deadline_us = received_us + self.idle_us if waiting else None
+        return self._result(units)
+
+    def flush(self, now_us: int | None = None) -> IngestResult:
+        """The idle flush: once ``now_us`` has reached the deadline, whatever
+        is held is taken as complete. ``None``: flush now (end of stream)."""
+        if now_us is not None and (self.deadline_us is None or now_us < self.deadline_us):
+            return self._result([])
+        self.deadline_us = None
+        units: list[AccessUnit] = []
+        if self._joiner is not None:
+            for chunk in self._joiner.flush():
+                units += self._assembler.push(chunk.data, chunk.pts_us, chunk.ingest_us)
+        units += self._assembler.flush()
+        return self._result(units)
+
+    def _result(self, units: list[AccessUnit]) -> IngestResult:
+        result = IngestResult(deadline_us=self.deadline_us)
+        frames = result.frames
+        for unit in units:
+            if unit.keyframe:
+                params = unit.params
+                if params is not None and params != self._params:
+                    self._params = params
+                    result.inits[len(frames)] = params
+            if self._params is not None:  # no decoder can start before a keyframe
+                frames.append(unit)
+        drops = self._assembler.drops
+        if drops != self._drops_seen:
+            seen = self._drops_seen
+            result.drops = {reason: count - seen.get(reason, 0) for reason, count in drops.items()
+                            if count != seen.get(reason, 0)}
+            self._drops_seen = dict(drops)
+        return result
