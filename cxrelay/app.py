@@ -1,7 +1,10 @@
-"""The daemon's lifecycle, in a straight line: startup() → serve() → shutdown().
+"""The relay's lifecycle, in a straight line: startup() → main_loop() → shutdown(),
+which serve() runs in that order (uvicorn's ``Server(config).serve()`` shape),
+so an asyncio application can run a relay in its own loop (docs/api.md).
 
 Signals only set flags here; the work they ask for (stop, reload) happens in
-serve()'s loop, one thing at a time.
+main_loop(), one thing at a time. Only the command line installs signal
+handlers and talks to systemd: an application embedding a relay owns those.
 """
 
 from __future__ import annotations
@@ -10,18 +13,15 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import structlog
 
 from cxrelay import __version__
-from cxrelay.config import Config, ConfigError
-from cxrelay.hub import CameraHub
+from cxrelay.cameras import Cameras
+from cxrelay.config import Config, ConfigError, plan_reload
 from cxrelay.logs import add_secrets
 from cxrelay.metrics import Metrics
-from cxrelay.protocol import CLOSE_GOING_AWAY, CameraState
-from cxrelay.redact import url_secrets
 from cxrelay.sdnotify import Notifier, status_line, watchdog_loop
 from cxrelay.server import RelayServer
 
@@ -34,35 +34,61 @@ LOCAL_HOSTS = ("127.0.0.1", "0.0.0.0", "localhost")
 
 
 class Relay:
-    def __init__(self, config: Config, reload_config: Callable[[], Config] | None = None) -> None:
+    """One relay: its cameras, its listening socket and its viewers.
+
+    ``await Relay(config).serve()`` runs it until ``request_stop()``; the
+    ``started`` event is set once it listens. ``reload_config``, if given,
+    returns the configuration to apply on ``request_reload()``.
+    """
+
+    def __init__(self, config: Config, reload_config: Callable[[], Config] | None = None, *,
+                 notifier: Notifier | None = None) -> None:
         self.config = config
         self.reload_config = reload_config
         self.metrics = Metrics()
-        self.hubs: dict[str, CameraHub] = {}
+        self.cameras = Cameras(self.metrics, config.server.viewer_backlog)
         self.server: RelayServer | None = None
-        self.started = time.monotonic()
+        self.started = asyncio.Event()
+        self._created = time.monotonic()
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
-        self.notifier = Notifier()
+        # systemd is told about the process's one relay, by the command line.
+        self.notifier = notifier or Notifier(env={})
         self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (the one the system chose, for port 0)."""
+        if self.server is None:
+            raise RuntimeError("the relay is not started")
+        return self.server.port
+
+    async def serve(self) -> None:
+        """startup(), main_loop() until request_stop() (or until cancelled),
+        then shutdown(), whatever happened."""
+        try:
+            await self.startup()
+            await self.main_loop()
+        finally:
+            await self.shutdown()
 
     # --- the three phases -----------------------------------------------------------------------
 
     async def startup(self) -> None:
         loop = asyncio.get_running_loop()
+        add_secrets(self.config.secrets())
         for camera in self.config.cameras:
-            self._add_hub(camera, loop)
-        self.server = RelayServer(self.config, self.hubs, self.metrics, self.status)
+            self.cameras.add(camera)
+        self.server = RelayServer(self.config, self.cameras, self.metrics, self.status)
         await self.server.start()
-        for hub in self.hubs.values():
-            hub.start()
+        self.cameras.start()
         cfg = self.config.server
         scheme = "https" if cfg.tls_cert else "http"
         url = f"{scheme}://{cfg.host}:{self.server.port}/"
         local = url.replace(cfg.host, "localhost", 1) if cfg.host in LOCAL_HOSTS else url
-        log.info("listening", url=url, cameras=len(self.hubs), version=__version__,
+        log.info("listening", url=url, cameras=len(self.cameras), version=__version__,
                  hint=f"open {local} in a browser")
-        if not self.hubs:
+        if not self.cameras:
             log.warning("no cameras configured", hint="use --camera NAME=URL, --demo or --config")
         self.notifier.ready(self.status_line())
         if (interval := self.notifier.watchdog_interval()) is not None:
@@ -70,6 +96,7 @@ class Relay:
             self._tasks.append(loop.create_task(watchdog_loop(self.notifier, interval)))
         if self.notifier.enabled:
             self._tasks.append(loop.create_task(self._report_status()))
+        self.started.set()
 
     async def _report_status(self) -> None:
         last = ""
@@ -83,7 +110,7 @@ class Relay:
         s = self.status()
         return status_line(s["live"], s["cameras"], s["viewers"])
 
-    async def serve(self) -> None:
+    async def main_loop(self) -> None:
         while True:
             stop = asyncio.ensure_future(self._stop.wait())
             reload = asyncio.ensure_future(self._reload.wait())
@@ -104,9 +131,7 @@ class Relay:
             task.cancel()
         if self.server is not None:
             self.server.close()  # stop accepting; viewers get 1001
-        await asyncio.gather(
-            *(hub.close(CLOSE_GOING_AWAY, "server shutting down") for hub in self.hubs.values())
-        )
+        await self.cameras.close("server shutting down")
         if self.server is not None:
             try:
                 await asyncio.wait_for(self.server.wait_closed(), SHUTDOWN_GRACE)
@@ -114,9 +139,10 @@ class Relay:
                 log.warning("viewers did not close in time")
         log.info("stopped")
 
-    # --- requests from signals ------------------------------------------------------------------
+    # --- requests (from signals, or from an application) --------------------------------------
 
     def request_stop(self) -> None:
+        """Ask serve() to shut down and return (safe to call from the loop at any time)."""
         self._stop.set()
 
     def request_reload(self) -> None:
@@ -128,13 +154,7 @@ class Relay:
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
 
-    # --- cameras --------------------------------------------------------------------------------
-
-    def _add_hub(self, camera: Any, loop: asyncio.AbstractEventLoop) -> CameraHub:
-        hub = CameraHub(camera, metrics=self.metrics, loop=loop,
-                        limits=self.config.server.viewer_backlog)
-        self.hubs[camera.name] = hub
-        return hub
+    # --- reload ---------------------------------------------------------------------------------
 
     async def reload(self) -> None:
         """Apply a new configuration: cameras added, removed and changed; the
@@ -148,56 +168,31 @@ class Relay:
         except ConfigError as exc:
             log.error("reload rejected, keeping the running config", error=str(exc))
             return
-        loop = asyncio.get_running_loop()
-        old = {c.name: c for c in self.config.cameras}
-        fresh = {c.name: c for c in new.cameras}
-        removed = [name for name in old if name not in fresh]
-        added = [name for name in fresh if name not in old]
-        changed = [name for name in fresh if name in old and fresh[name] != old[name]]
-        old_server = self.config.server
-        # The listener itself can't change under running viewers; everything
-        # else (origins, limits, backlog bounds, the secret) applies at once.
-        fixed = ("host", "port", "tls_cert", "tls_key", "handshake_timeout", "max_message_size",
-                 "ping_interval", "ping_timeout")
-        server = replace(new.server, **{k: getattr(old_server, k) for k in fixed})
-        if any(getattr(new.server, k) != getattr(old_server, k) for k in fixed):
+        plan = plan_reload(self.config, new)
+        if plan.listener_changed:
             log.warning("listener settings changed: restart cxrelay to apply them",
-                        keys=[k for k in fixed if getattr(new.server, k) != getattr(old_server, k)])
-        add_secrets(s for c in new.cameras for s in url_secrets(c.url))
-        if new.auth.secret:
-            add_secrets([new.auth.secret])
-        self.config = Config(server=server, cameras=new.cameras, auth=new.auth,
-                             log=self.config.log, path=new.path)
+                        keys=list(plan.listener_changed))
+        add_secrets(plan.config.secrets())
+        self.config = plan.config
         if self.server is not None:
             self.server.apply(self.config)
-        for hub in self.hubs.values():
-            hub.limits = server.viewer_backlog
-        for name in removed:
-            hub = self.hubs.pop(name)
-            await hub.close(CLOSE_GOING_AWAY, "camera removed from the configuration")
-        for name in changed:
-            self.hubs[name].reconfigure(fresh[name])
-        for name in added:
-            self._add_hub(fresh[name], loop).start()
-        log.info("reloaded", added=added, removed=removed, changed=changed,
-                 unchanged=len(fresh) - len(added) - len(changed))
+        await self.cameras.apply(plan)
+        log.info("reloaded", added=[c.name for c in plan.add], removed=list(plan.remove),
+                 changed=[c.name for c in plan.restart], unchanged=len(plan.unchanged))
 
     def status(self) -> dict[str, Any]:
         return {
             "status": "ok",
             "version": __version__,
-            "uptime": round(time.monotonic() - self.started, 1),
-            "cameras": len(self.hubs),
-            "live": sum(1 for h in self.hubs.values() if h.state == CameraState.LIVE),
-            "viewers": sum(len(h.viewers) for h in self.hubs.values()),
+            "uptime": round(time.monotonic() - self._created, 1),
+            "cameras": len(self.cameras),
+            "live": self.cameras.live,
+            "viewers": self.cameras.viewers,
         }
 
 
 async def run_relay(config: Config, reload_config: Callable[[], Config] | None = None) -> None:
-    relay = Relay(config, reload_config)
+    """The command line's relay: the process's signals, and systemd's notifications."""
+    relay = Relay(config, reload_config, notifier=Notifier())
     relay.install_signal_handlers()
-    try:
-        await relay.startup()
-        await relay.serve()
-    finally:
-        await relay.shutdown()
+    await relay.serve()

@@ -23,7 +23,6 @@ from cxrelay.config import (
     parse_camera_option,
     with_overrides,
 )
-from cxrelay.redact import url_secrets
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -93,10 +92,7 @@ def run(config: Config, reload_config: Callable[[], Config] | None) -> None:
     from cxrelay.app import run_relay
     from cxrelay.logs import configure_logging
 
-    secrets = [s for c in config.cameras for s in url_secrets(c.url)]
-    if config.auth.secret:
-        secrets.append(config.auth.secret)
-    configure_logging(config.log.format, config.log.level, secrets)
+    configure_logging(config.log.format, config.log.level, config.secrets())
     try:
         uvloop.run(run_relay(config, reload_config))
     except ConfigError as exc:  # found only when starting, e.g. unreadable TLS files

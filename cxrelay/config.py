@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from cxrelay.access import OriginPolicy, secret_problem
 from cxrelay.backlog import DEFAULT_MAX_BYTES, DEFAULT_MAX_DELAY, BacklogLimits
 from cxrelay.gop import DEFAULT_GOP_CACHE_BYTES
-from cxrelay.redact import redact_url
+from cxrelay.redact import redact_url, url_secrets
 
 CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SCHEMES = ("rtsp", "rtsps", "file", "demo")
@@ -55,21 +55,28 @@ class CameraConfig:
         return f"CameraConfig(name={self.name!r}, url={self.safe_url!r})"
 
 
+# Marks the settings of the open listening socket: a reload can't change them
+# under running viewers, so they wait for a restart.
+_LISTENER = {"listener": True}
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8080
+    host: str = field(default="127.0.0.1", metadata=_LISTENER)
+    port: int = field(default=8080, metadata=_LISTENER)
     allowed_origins: tuple[str, ...] = ()
     max_viewers: int = 0  # in total; 0: unlimited
     max_connections_per_client: int = 0  # per client address; 0: unlimited
-    handshake_timeout: float = 10.0
-    max_message_size: int = 4096
-    ping_interval: float = 20.0
-    ping_timeout: float = 20.0
+    handshake_timeout: float = field(default=10.0, metadata=_LISTENER)
+    max_message_size: int = field(default=4096, metadata=_LISTENER)
+    ping_interval: float = field(default=20.0, metadata=_LISTENER)
+    ping_timeout: float = field(default=20.0, metadata=_LISTENER)
     viewer_max_delay: float = DEFAULT_MAX_DELAY
     viewer_max_bytes: int = DEFAULT_MAX_BYTES
-    tls_cert: str | None = None
-    tls_key: str | None = None
+    # Paths: a reload rereads the same files (a renewed certificate), but a new
+    # path waits for a restart.
+    tls_cert: str | None = field(default=None, metadata=_LISTENER)
+    tls_key: str | None = field(default=None, metadata=_LISTENER)
 
     @property
     def viewer_backlog(self) -> BacklogLimits:
@@ -97,6 +104,49 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
     path: str | None = None
+
+    def secrets(self) -> tuple[str, ...]:
+        """What no log line may show: camera credentials and the token secret."""
+        found = [s for c in self.cameras for s in url_secrets(c.url)]
+        if self.auth.secret:
+            found.append(self.auth.secret)
+        return tuple(found)
+
+
+# --- reload -----------------------------------------------------------------------------------
+
+
+def listener_keys() -> tuple[str, ...]:
+    """The ``[server]`` keys that only a restart applies."""
+    return tuple(f.name for f in fields(ServerConfig) if f.metadata.get("listener"))
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadPlan:
+    """What a reload does; the running cameras and viewers of ``unchanged``
+    see nothing at all."""
+
+    config: Config  # to run from now on: the new one, with the listener and logging as they were
+    add: tuple[CameraConfig, ...]
+    remove: tuple[str, ...]
+    restart: tuple[CameraConfig, ...]  # same name, new settings: viewers stay
+    unchanged: tuple[str, ...]
+    listener_changed: tuple[str, ...]  # keys whose new values wait for a restart
+
+
+def plan_reload(old: Config, new: Config) -> ReloadPlan:
+    """Compare the running configuration with a newly read one."""
+    before = {c.name: c for c in old.cameras}
+    after = {c.name for c in new.cameras}
+    kept = {key: getattr(old.server, key) for key in listener_keys()}
+    return ReloadPlan(
+        config=replace(new, server=replace(new.server, **kept), log=old.log),
+        add=tuple(c for c in new.cameras if c.name not in before),
+        remove=tuple(name for name in before if name not in after),
+        restart=tuple(c for c in new.cameras if c.name in before and before[c.name] != c),
+        unchanged=tuple(c.name for c in new.cameras if before.get(c.name) == c),
+        listener_changed=tuple(k for k, v in kept.items() if getattr(new.server, k) != v),
+    )
 
 
 # --- validation helpers -----------------------------------------------------------------------

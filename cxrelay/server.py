@@ -30,8 +30,8 @@ from cxrelay.access import (
     TokenVerifier,
     token_from_request,
 )
+from cxrelay.cameras import Cameras
 from cxrelay.config import Config, ConfigError
-from cxrelay.hub import CameraHub
 from cxrelay.metrics import Metrics
 from cxrelay.protocol import CLOSE_GOING_AWAY, CLOSE_POLICY
 from cxrelay.viewer import Viewer, peer_address
@@ -85,9 +85,9 @@ def json_response(obj: Any, status: HTTPStatus = HTTPStatus.OK) -> Response:
 class RelayServer:
     """HTTP routes, and admission of viewers (their sessions are viewer.py's)."""
 
-    def __init__(self, config: Config, hubs: Mapping[str, CameraHub], metrics: Metrics,
+    def __init__(self, config: Config, cameras: Cameras, metrics: Metrics,
                  status: Callable[[], dict[str, Any]]) -> None:
-        self.hubs = hubs
+        self.cameras = cameras
         self.metrics = metrics
         self.status = status
         self.static = static_routes()
@@ -172,7 +172,7 @@ class RelayServer:
             claims, refusal = self._check_token(request, None)
             if refusal is not None:
                 return refusal
-            return json_response([hub.info() for hub in self.hubs.values()
+            return json_response([hub.info() for hub in self.cameras.values()
                                   if claims is None or claims.allows(hub.name)])
         if path.startswith("/api/"):
             return text_response(HTTPStatus.NOT_FOUND, "not found")
@@ -218,7 +218,7 @@ class RelayServer:
         _, refusal = self._check_token(request, name)
         if refusal is not None:
             return refusal
-        hub = self.hubs.get(name)
+        hub = self.cameras.get(name)
         if hub is None:
             return self._refuse(HTTPStatus.NOT_FOUND, f"no camera named {name[:64]!r}", name, peer)
         limit = hub.camera.max_viewers
@@ -226,7 +226,7 @@ class RelayServer:
             return self._refuse(HTTPStatus.SERVICE_UNAVAILABLE,
                                 f"camera {name} has its maximum of {limit} viewers", name, peer)
         total = self.config.server.max_viewers
-        if total and sum(len(h.viewers) for h in self.hubs.values()) >= total:
+        if total and self.cameras.viewers >= total:
             return self._refuse(HTTPStatus.SERVICE_UNAVAILABLE,
                                 f"the server has its maximum of {total} viewers", name, peer)
         if not self.limiter.allows(peer):
@@ -258,7 +258,7 @@ class RelayServer:
         request = ws.request
         assert request is not None  # the handshake is done when the handler runs
         name = request_path(request.path)[4:]
-        hub = self.hubs.get(name)
+        hub = self.cameras.get(name)
         if hub is None:  # removed by a reload during the handshake
             await ws.close(CLOSE_GOING_AWAY, "camera removed")
             return

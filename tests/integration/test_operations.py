@@ -63,12 +63,12 @@ async def test_reload_touches_only_what_changed(rtsp_camera) -> None:
             # A bad config is rejected whole: nothing changes.
             configs.append(ConfigError("cxrelay.toml: camera[1].url: missing"))
             await relay.reload()
-            assert set(relay.hubs) == {"keep", "change", "gone"}
+            assert set(relay.cameras) == {"keep", "change", "gone"}
 
             configs.append(replace(first, cameras=(
                 keep, replace(change, read_timeout=5.0), CameraConfig("new", cam.url))))
             await relay.reload()
-            assert set(relay.hubs) == {"keep", "change", "new"}
+            assert set(relay.cameras) == {"keep", "change", "new"}
 
             # The removed camera's viewer is closed with a reason.
             with pytest.raises(ConnectionClosed):

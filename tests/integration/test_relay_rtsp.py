@@ -183,7 +183,7 @@ async def test_slow_viewer_never_hurts_the_others(rtsp_camera) -> None:
     config = make_config({"cam": cam.url}, viewer_max_delay=0.5, viewer_max_bytes=512 * 1024)
     async with running_relay(config) as relay:
         port = relay.server.port
-        hub = relay.hubs["cam"]
+        hub = relay.cameras["cam"]
         async with viewer(port, "cam") as fast:
             await fast.until(is_frame)
             stalled = stalled_client(port, "cam")
@@ -256,7 +256,7 @@ async def test_every_message_is_one_whole_picture(rtsp_camera, options: dict[str
         # One stamp per picture, each exactly once: nothing split or merged.
         assert len(set(stamps)) == len(stamps)
         assert all(a.pts_us != b.pts_us for a, b in itertools.pairwise(live))
-        dropped = relay.hubs["cam"].metrics.frames_dropped
+        dropped = relay.cameras["cam"].metrics.frames_dropped
         assert [dropped.labels(reason)._value.get() for reason in ("partial", "corrupt")] == [0, 0]
         if options.get("bframes"):
             assert any(b.pts_us < a.pts_us for a, b in itertools.pairwise(live))

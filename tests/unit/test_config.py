@@ -1,14 +1,22 @@
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from cxrelay.config import (
     DEMO_URL,
+    AuthConfig,
+    CameraConfig,
     Config,
     ConfigError,
+    LogConfig,
+    ServerConfig,
+    listener_keys,
     load_config,
     parse_camera_option,
+    parse_config,
+    plan_reload,
     with_overrides,
 )
 
@@ -130,3 +138,40 @@ def test_camera_option_and_overrides() -> None:
     assert config.log.level == "debug" and config.log.format == "auto"
     with pytest.raises(ConfigError, match="duplicate"):
         with_overrides(config, demo=True)
+
+
+def test_secrets_are_camera_credentials_and_the_token_secret() -> None:
+    config = parse_config({"camera": [{"name": "a", "url": "rtsp://bob:hunter22@h/x"},
+                                      {"name": "b", "url": "rtsp://h/y"}],
+                           "auth": {"secret": "s" * 32}}, env={})
+    assert set(config.secrets()) == {"bob", "hunter22", "s" * 32}
+    assert Config().secrets() == ()
+
+
+def test_listener_keys_are_marked_on_the_dataclass() -> None:
+    assert set(listener_keys()) == {"host", "port", "tls_cert", "tls_key", "handshake_timeout",
+                                    "max_message_size", "ping_interval", "ping_timeout"}
+
+
+def test_reload_plan() -> None:
+    keep, change, gone = (CameraConfig(n, f"rtsp://h/{n}") for n in ("keep", "change", "gone"))
+    old = Config(server=ServerConfig(port=8080, max_viewers=10), cameras=(keep, change, gone),
+                 log=LogConfig(level="debug"))
+    changed = replace(change, read_timeout=5.0)
+    new = Config(server=ServerConfig(port=9090, ping_timeout=5.0, max_viewers=20,
+                                     allowed_origins=("https://a.example",)),
+                 cameras=(CameraConfig("new", "rtsp://h/new"), changed, keep),
+                 auth=AuthConfig(secret="s" * 32), log=LogConfig(level="error"), path="x.toml")
+    plan = plan_reload(old, new)
+    assert [c.name for c in plan.add] == ["new"]
+    assert plan.remove == ("gone",)
+    assert plan.restart == (changed,) and plan.restart[0].read_timeout == 5.0
+    assert plan.unchanged == ("keep",)
+    assert plan.listener_changed == ("port", "ping_timeout")
+    # The rest applies at once; the listener and logging stay as they run.
+    assert plan.config.server == replace(new.server, port=8080, ping_timeout=20.0)
+    assert plan.config.cameras == new.cameras and plan.config.auth == new.auth
+    assert plan.config.log == old.log and plan.config.path == "x.toml"
+    same = plan_reload(old, old)
+    assert (same.add, same.remove, same.restart, same.listener_changed) == ((), (), (), ())
+    assert same.unchanged == ("keep", "change", "gone") and same.config == old
