@@ -33,7 +33,7 @@ async def test_counts_across_cameras_and_applies_a_reload() -> None:
     a = cameras.add(CameraConfig("a", "rtsp://h/a"))
     b = cameras.add(CameraConfig("b", "rtsp://h/b"))
     viewers = [RecordingViewer() for _ in range(3)]
-    subscriber: Subscriber = viewers[0]  # the hub's interface, checked by mypy
+    subscriber: Subscriber = viewers[0]  # all the hub knows of a viewer
     a.attach(subscriber)
     a.attach(viewers[1])
     b.attach(viewers[2])

@@ -151,6 +151,10 @@ def test_secrets_are_camera_credentials_and_the_token_secret() -> None:
 def test_listener_keys_are_marked_on_the_dataclass() -> None:
     assert set(listener_keys()) == {"host", "port", "tls_cert", "tls_key", "handshake_timeout",
                                     "max_message_size", "ping_interval", "ping_timeout"}
+    operations = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    reload_section = operations[operations.index("listener can't change"):]
+    assert "listener settings changed: restart cxrelay" in " ".join(reload_section.split())
+    assert all(f"`{key}`" in reload_section[:800] for key in listener_keys())
 
 
 def test_reload_plan() -> None:
