@@ -289,6 +289,7 @@ class Camera:
         # mid-stream has its first picture at once, like a joining viewer.
         self._gop: list[Frame] = []
         self._gop_bytes = 0
+        self._background: asyncio.Task[None] | None = None  # pictures()' reader
 
     def __repr__(self) -> str:
         return f"<cxrelay.client.Camera {self.url} {self.state}>"
@@ -425,6 +426,7 @@ class Camera:
         """
         if self.connections == 0 and not self._closed.is_set():
             await self._open()  # never opened: fail like the first connection does
+        await self._take_over()
         while not self._closed.is_set():
             ws = self._ws
             if self._receiving:
@@ -448,6 +450,18 @@ class Camera:
                 self._control(message)
             elif (frame := self._frame(message)) is not None:
                 yield frame
+
+    async def _take_over(self) -> None:
+        """Stop the reader of a pictures() the caller left (``break``) but Python
+        has not closed yet: the new reader takes the connection over."""
+        reader = self._background
+        if reader is None or reader is asyncio.current_task():
+            return
+        self._background = None
+        if not reader.done():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
 
     def _control(self, text: str) -> None:
         try:
@@ -541,7 +555,8 @@ class Camera:
             finally:
                 wake.set()
 
-        reader = asyncio.create_task(read())
+        await self._take_over()
+        reader = self._background = asyncio.create_task(read())
         executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cxrelay-decode")
         worker = _PictureWorker(format, width, height)
         loop = asyncio.get_running_loop()
