@@ -330,7 +330,8 @@ async def test_blocking_wrapper_for_scripts_without_asyncio() -> None:
 def _client_threads() -> list[str]:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        names = [t.name for t in threading.enumerate() if t.name.startswith(("cxrelay-client", "cxrelay-decode"))]
+        names = [t.name for t in threading.enumerate()
+                 if t.name.startswith(("cxrelay-client", "cxrelay-decode"))]
         if not names:
             return []
         time.sleep(0.1)
