@@ -36,6 +36,7 @@ from av.video.frame import VideoFrame
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.frames import CloseCode
 from websockets.typing import Origin
 
 from cxrelay import __version__
@@ -44,7 +45,6 @@ from cxrelay.backoff import Backoff
 from cxrelay.decoding import Decoder, convert, decoder_name, packed_bytes
 from cxrelay.protocol import (
     CLOSE_POLICY,
-    CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN,
     CLOSE_UNSUPPORTED,
     FLAG_CATCHUP,
@@ -404,7 +404,7 @@ class Camera:
             if isinstance(self._token_source, str) or self._token_source is None:
                 raise TokenExpired(self.url, reason, code=code) from None
             self._fresh_token = True
-        elif code in (CLOSE_UNSUPPORTED, CLOSE_TOO_BIG):
+        elif code in (CLOSE_UNSUPPORTED, CloseCode.MESSAGE_TOO_BIG):
             raise ProtocolError(self.url, reason, code=code) from None
         elif code == CLOSE_TRY_AGAIN:
             reason = reason or "too many connections"
