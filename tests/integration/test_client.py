@@ -99,8 +99,8 @@ async def test_a_dropped_connection_resumes_without_losing_or_repeating_a_frame(
         async with client.connect(ws_url(relay, "cam")) as watcher:
             stream = watcher.frames()
             frames = await take(stream, 20)
-            for v in list(relay.hubs["cam"].viewers):
-                await v.ws.close(CLOSE_INTERNAL, "internal error")
+            for v in list(relay.cameras["cam"].viewers):
+                await v.close(CLOSE_INTERNAL, "internal error")
             frames += await take(stream, 40)
             assert watcher.connections == 2
         numbers = counters(frames)
