@@ -141,9 +141,12 @@ class Ingest:
     caller at a time."""
 
     def __init__(self, info: StreamInfo, *, idle_us: int = IDLE_FLUSH_US,
-                 assembler: Assembler | None = None) -> None:
+                 assembler: Assembler | None = None, from_keyframe: bool = True) -> None:
         self.info = info
         self.idle_us = idle_us
+        # No decoder can start before a keyframe, so frames before the first
+        # are held back; a probe, counting pictures, wants them all.
+        self.from_keyframe = from_keyframe
         self._assembler = assembler if assembler is not None else new_assembler(info)
         # Whole-unit sources need no rejoining; they still go through the
         # assembler, since FFmpeg's parser can cut a multi-slice picture in two.
@@ -193,7 +196,7 @@ class Ingest:
                 if params is not None and params != self._params:
                     self._params = params
                     result.inits[len(frames)] = params
-            if self._params is not None:  # no decoder can start before a keyframe
+            if self._params is not None or not self.from_keyframe:
                 frames.append(unit)
         drops = self._assembler.drops
         if drops != self._drops_seen:

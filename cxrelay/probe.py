@@ -18,10 +18,8 @@ from typing import Any
 
 from cxrelay.config import TRANSPORTS, validate_url
 from cxrelay.h264 import (
-    NAL_IDR,
     NAL_PPS,
     NAL_SPS,
-    VCL_TYPES,
     H264Error,
     Sps,
     nal_type,
@@ -29,9 +27,10 @@ from cxrelay.h264 import (
     parse_sps,
     split_annexb,
 )
+from cxrelay.ingest import Ingest, IngestResult, StreamInfo
 from cxrelay.redact import redact_text, redact_url, url_secrets
 from cxrelay.sources.base import SourceError
-from cxrelay.sources.pyav import describe, open_input, video_stream
+from cxrelay.sources.pyav import describe, open_input, to_us, video_stream
 from cxrelay.sources.rtsp import rtsp_options
 
 __all__ = ["ProbeReport", "format_report", "level_name", "probe", "profile_name"]
@@ -111,15 +110,16 @@ def level_name(level_idc: int, profile_idc: int = 0, constraint_flags: int = 0) 
 
 @dataclass
 class _Unit:
-    pts: float | None  # seconds
+    pts: float  # seconds
     keyframe: bool
 
 
 class _Meter:
-    """Watches packets as the relay gets them: with FFmpeg's parser off, one
-    or a few NAL units per packet, or a fragment of one (FU-A)."""
+    """Counts pictures as the relay makes them: packets as the relay gets them
+    (with FFmpeg's parser off, one or a few NAL units per packet, or a FU-A
+    fragment of one) go through the relay's own ``Ingest``."""
 
-    def __init__(self, started: float) -> None:
+    def __init__(self, started: float, extradata: bytes = b"") -> None:
         self.started = started
         self.bytes = 0
         self.units: list[_Unit] = []
@@ -127,35 +127,45 @@ class _Meter:
         self.sps_seen = False
         self.pps_seen = False
         self.first_keyframe_at: float | None = None
+        self.use_extradata(extradata)
 
-    def packet(self, data: bytes, pts: float | None, now: float) -> None:
+    def use_extradata(self, extradata: bytes) -> None:
+        """The SDP's parameter sets, before the first packet."""
+        # Pictures before the first keyframe count too: a camera that never
+        # sends one is what the probe must report.
+        self._ingest = Ingest(StreamInfo(extradata, None, whole_units=False),
+                              from_keyframe=False)
+
+    def packet(self, data: bytes, pts_us: int, now: float) -> None:
         self.bytes += len(data)
-        types: list[int] = []
-        for nal in split_annexb(data):
+        for nal in split_annexb(data):  # none in a FU-A continuation (no start code)
             kind = nal_type(nal)
-            types.append(kind)
             if kind == NAL_SPS:
                 self.sps_seen = True
                 self.sps = _parse_sps(nal) or self.sps
             elif kind == NAL_PPS:
                 self.pps_seen = True
-        if not any(t in VCL_TYPES for t in types):
-            return  # parameter sets, SEI, or the tail of a fragmented slice
-        idr = NAL_IDR in types
-        # All slices of a picture carry its RTP timestamp: a new one starts a picture.
-        if pts is None or not self.units or pts != self.units[-1].pts:
-            self.units.append(_Unit(pts, idr))
-        elif idr:
-            self.units[-1].keyframe = True
-        if idr and self.first_keyframe_at is None:
-            self.first_keyframe_at = now - self.started
+        received_us = round(now * 1e6)
+        # The relay's idle timer would have fired while this reader waited.
+        self._count(self._ingest.flush(received_us))
+        self._count(self._ingest.push(data, pts_us, received_us))
+
+    def finish(self) -> None:
+        """The end of reading: the picture in progress is complete."""
+        self._count(self._ingest.flush())
+
+    def _count(self, result: IngestResult) -> None:
+        for frame in result.frames:
+            self.units.append(_Unit(frame.pts_us / 1e6, frame.keyframe))
+            if frame.keyframe and self.first_keyframe_at is None:
+                self.first_keyframe_at = frame.ingest_us / 1e6 - self.started
 
     def fill(self, report: ProbeReport, wall_seconds: float) -> None:
         report.frames = len(self.units)
         report.keyframes = sum(u.keyframe for u in self.units)
         report.first_keyframe_seconds = self.first_keyframe_at
         report.params_inband = self.sps_seen and self.pps_seen
-        stamps = [u.pts for u in self.units if u.pts is not None]
+        stamps = [u.pts for u in self.units]
         report.b_frames = any(b < a for a, b in itertools.pairwise(stamps))
         distinct = sorted(set(stamps))
         if len(distinct) >= 2 and distinct[-1] > distinct[0]:
@@ -169,10 +179,7 @@ class _Meter:
         keys = [i for i, u in enumerate(self.units) if u.keyframe]
         longest: tuple[float, int] | None = None
         for a, b in itertools.pairwise(keys):
-            start, end = self.units[a].pts, self.units[b].pts
-            if start is None or end is None:
-                continue
-            interval = (end - start, b - a)
+            interval = (self.units[b].pts - self.units[a].pts, b - a)
             if longest is None or interval > longest:
                 longest = interval
         if longest is not None:
@@ -239,6 +246,7 @@ def probe(
         report.error = redact_text(describe(exc), secrets)
     finally:
         container.close()
+    meter.finish()
     meter.fill(report, report.seconds_read)
     if meter.sps is not None:
         _describe_sps(report, meter.sps)  # what the stream uses beats what the SDP said
@@ -262,19 +270,21 @@ def _read(container: Any, report: ProbeReport, meter: _Meter, seconds: float) ->
     if video:
         report.codec = video[0].codec_context.name  # replaced by avc1.* once the SPS is known
     stream = video_stream(container)  # SourceError for no video, or not H.264
-    report.params_in_sdp, sdp_sps = _sdp_parameter_sets(
-        bytes(stream.codec_context.extradata or b""))
+    extradata = bytes(stream.codec_context.extradata or b"")
+    report.params_in_sdp, sdp_sps = _sdp_parameter_sets(extradata)
+    meter.use_extradata(extradata)
     if sdp_sps is not None:
         _describe_sps(report, sdp_sps)
     time_base = stream.time_base
     begin = time.monotonic()
+    pts_us = 0
     try:
         for packet in container.demux(stream):
             now = time.monotonic()
             if packet.size:
                 pts = packet.pts if packet.pts is not None else packet.dts
-                meter.packet(bytes(packet), float(pts * time_base) if pts is not None else None,
-                             now)
+                pts_us = to_us(pts, time_base) if pts is not None else pts_us  # as the relay does
+                meter.packet(bytes(packet), pts_us, now)
             if now - begin >= seconds:
                 break
         else:

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
+from cxrelay.h264 import NAL_PPS, NAL_SPS, nal_type, split_annexb, to_annexb
 from cxrelay.probe import ProbeReport, _Meter, format_report, level_name, probe, profile_name
+from tests.recordings import recording
 
 PASSWORD = "Sup3r-s3cret-pw"
 WRONG = "Wr0ng-passw0rd-xyz"
@@ -44,85 +46,95 @@ def test_level_name(level: int, profile: int, flags: int, name: str) -> None:
     assert level_name(level, profile, flags) == name
 
 
-# --- measuring hand-made packets --------------------------------------------------------------
+# --- measuring recorded streams ---------------------------------------------------------------
+# Packets as the relay gets them with FFmpeg's parser off: one NAL unit each,
+# or FU-A fragments (the RTSP capture).
 
-SC = b"\x00\x00\x00\x01"
-SPS = SC + b"\x67\x42\xc0\x1e\xff"  # header bytes only: counted as seen, not parsed
-PPS = SC + b"\x68\xce\x3c\x80"
-IDR = SC + b"\x65\x88\x84" + b"\x11" * 200
-SLICE = SC + b"\x41\x9a\x02" + b"\x22" * 100
-FRAGMENT = b"\x33" * 300  # an FU-A continuation: no start code
+Packets = list[tuple[bytes, int]]  # (data, pts in µs)
 
 
-def feed(meter: _Meter, packets: list[tuple[bytes, float | None]]) -> ProbeReport:
+def nal_packets(units: list[tuple[int, bytes]]) -> Packets:
+    return [(b"\x00\x00\x00\x01" + nal, pts) for pts, unit in units
+            for nal in split_annexb(unit)]
+
+
+def recorded(name: str) -> list[tuple[int, bytes]]:
+    return [(p.pts, p.data) for p in recording(name).packets]
+
+
+def feed(meter: _Meter, packets: Packets) -> ProbeReport:
     for i, (data, pts) in enumerate(packets):
         meter.packet(data, pts, now=float(i))
+    meter.finish()
     report = ProbeReport(url="rtsp://cam/", transport="tcp")
     meter.fill(report, wall_seconds=99.0)
     return report
 
 
-def stream(frames: int, fps: float, gop: int, inband: bool = True,
-           slices: int = 1) -> list[tuple[bytes, float | None]]:
-    packets: list[tuple[bytes, float | None]] = []
-    for n in range(frames):
-        pts = 10.0 + n / fps
-        if n % gop == 0:
-            if inband:
-                packets.append((SPS + PPS, pts))
-            packets += [(IDR, pts), (FRAGMENT, pts)]
-            packets += [(IDR, pts)] * (slices - 1)
-        else:
-            packets += [(SLICE, pts)] * slices
-    return packets
-
-
 def test_meter_measures_fps_keyframes_and_bitrate() -> None:
-    packets = stream(frames=126, fps=25, gop=50)
+    packets = nal_packets(recorded("baseline"))  # 60 pictures at 25 fps, keyframes every 25
     report = feed(_Meter(started=0.0), packets)
-    assert report.frames == 126
+    assert report.frames == 60
     assert report.keyframes == 3
     assert report.fps == pytest.approx(25.0)
-    assert report.keyframe_interval_seconds == pytest.approx(2.0)
-    assert report.keyframe_interval_frames == 50
+    assert report.keyframe_interval_seconds == pytest.approx(1.0)
+    assert report.keyframe_interval_frames == 25
     assert report.params_inband
     assert not report.b_frames
     total = sum(len(data) for data, _ in packets)
-    assert report.bitrate == round(total * 8 / (126 / 25))
+    assert report.bitrate == round(total * 8 / (60 / 25))
 
 
 def test_meter_counts_a_multi_slice_picture_once() -> None:
-    report = feed(_Meter(started=0.0), stream(frames=60, fps=30, gop=30, slices=4))
+    report = feed(_Meter(started=0.0), nal_packets(recorded("slices4")))
     assert report.frames == 60
-    assert report.keyframes == 2
-    assert report.keyframe_interval_frames == 30
+    assert report.keyframes == 3
+    assert report.keyframe_interval_frames == 25
+
+
+def test_meter_counts_pictures_from_fragments() -> None:
+    """A real RTSP session: two slices per picture, AUD, FU-A fragments."""
+    rec = recording("rtsp_gst")
+    meter = _Meter(started=0.0, extradata=bytes.fromhex(rec.meta["extradata"]))
+    report = feed(meter, [(data, pts) for pts, data, _ in rec.packets])
+    assert report.frames == len({pts for pts, _, _ in rec.packets})
+    assert report.keyframes >= 2
 
 
 def test_meter_without_inband_parameter_sets() -> None:
-    report = feed(_Meter(started=0.0), stream(frames=20, fps=10, gop=10, inband=False))
+    units = recorded("baseline")
+    params = [n for n in split_annexb(units[0][1]) if nal_type(n) in (NAL_SPS, NAL_PPS)]
+    stripped = [(pts, to_annexb(n for n in split_annexb(unit) if n not in params))
+                for pts, unit in units]
+    report = feed(_Meter(started=0.0, extradata=to_annexb(params)), nal_packets(stripped))
     assert not report.params_inband
-    assert report.keyframes == 2
+    assert report.keyframes == 3 and report.frames == 60
 
 
 def test_meter_reports_the_longest_keyframe_interval() -> None:
-    packets = [(IDR, 0.0), (SLICE, 0.5), (IDR, 1.0), (SLICE, 2.0), (SLICE, 3.0), (IDR, 4.0)]
-    report = feed(_Meter(started=0.0), packets)
-    assert report.keyframe_interval_seconds == pytest.approx(3.0)
-    assert report.keyframe_interval_frames == 3
+    # Keyframes at 0, 2 and 3 s: the camera's clock jumps a second after picture 24.
+    units = [(pts + (1_000_000 if i >= 25 else 0), unit)
+             for i, (pts, unit) in enumerate(recorded("baseline"))]
+    report = feed(_Meter(started=0.0), nal_packets(units))
+    assert report.keyframe_interval_seconds == pytest.approx(2.0)
+    assert report.keyframe_interval_frames == 25
 
 
 def test_meter_sees_b_frames_and_first_keyframe_time() -> None:
-    # Decode order I P B B P: presentation stamps go back.
-    packets = [(SPS + PPS, 0.0), (IDR, 0.0), (SLICE, 0.12), (SLICE, 0.04), (SLICE, 0.08)]
+    units = recorded("bframes")  # decode order: presentation stamps go back
     meter = _Meter(started=-2.0)
-    report = feed(meter, packets)
+    report = feed(meter, nal_packets(units))
     assert report.b_frames
-    assert report.frames == 4
-    assert report.first_keyframe_seconds == pytest.approx(3.0)  # packet 1 at now=1.0
+    assert report.frames == len(units)
+    # In hand with its last NAL unit (packet n - 1, at now = n - 1), counted from -2.
+    first = len(split_annexb(units[0][1]))
+    assert report.first_keyframe_seconds == pytest.approx(first - 1 + 2.0)
 
 
 def test_meter_without_keyframes_warns_in_the_report() -> None:
-    report = feed(_Meter(started=0.0), [(SLICE, i / 25) for i in range(25)])
+    units = recorded("baseline")[1:25]
+    report = feed(_Meter(started=0.0), nal_packets(units))
+    assert report.frames == 24
     assert report.keyframes == 0 and report.keyframe_interval_seconds is None
     report.seconds_read = 1.0
     from cxrelay.probe import _warnings
