@@ -36,6 +36,10 @@ sys.path.insert(0, str(HERE.parents[1]))
 from tests.support import free_port  # noqa: E402
 
 FPS = 25
+# One frame thread: the same encode every run. x265's version string SEI
+# (info) would change with every x265 release.
+FIXED_PARAMS = {"libx264": "threads=1:scenecut=0",
+                "libx265": "frame-threads=1:scenecut=0:info=0:log-level=error"}
 
 
 def frames(width: int, height: int, count: int, start: int = 0) -> Iterator[av.VideoFrame]:
@@ -56,10 +60,11 @@ def frames(width: int, height: int, count: int, start: int = 0) -> Iterator[av.V
 
 
 def encode(width: int, height: int, count: int, profile: str, params: str, *,
-           start: int = 0, crf: int = 32, pix_fmt: str = "yuv420p"
+           start: int = 0, crf: int = 32, pix_fmt: str = "yuv420p", codec: str = "libx264"
            ) -> list[tuple[int, bytes, bool]]:
-    """(pts_us, Annex B access unit, keyframe) in decode order."""
-    enc = av.CodecContext.create("libx264", "w")
+    """(pts_us, Annex B access unit, keyframe) in decode order, from libx264
+    or libx265 (``params`` are x264-params or x265-params)."""
+    enc = av.CodecContext.create(codec, "w")
     enc.width, enc.height, enc.pix_fmt = width, height, pix_fmt
     enc.time_base = Fraction(1, FPS)
     enc.framerate = Fraction(FPS, 1)
@@ -67,7 +72,7 @@ def encode(width: int, height: int, count: int, profile: str, params: str, *,
         "preset": "veryfast",
         "profile": profile,
         "crf": str(crf),
-        "x264-params": f"threads=1:scenecut=0:{params}",
+        f"{codec[3:]}-params": f"{FIXED_PARAMS[codec]}:{params}",
     }
     out = []
     pictures = [f if pix_fmt == "yuv420p" else f.reformat(format=pix_fmt)
@@ -78,8 +83,9 @@ def encode(width: int, height: int, count: int, profile: str, params: str, *,
     return out
 
 
-def write(name: str, packets: list[tuple[int, bytes, bool]], **meta: object) -> None:
-    (HERE / f"{name}.h264").write_bytes(b"".join(data for _, data, _ in packets))
+def write(name: str, packets: list[tuple[int, bytes, bool]], suffix: str = ".h264",
+          **meta: object) -> None:
+    (HERE / f"{name}{suffix}").write_bytes(b"".join(data for _, data, _ in packets))
     sidecar = {**meta, "packets": [[pts, len(data), key] for pts, data, key in packets]}
     (HERE / f"{name}.json").write_text(json.dumps(sidecar, separators=(",", ":")) + "\n")
     size = sum(len(data) for _, data, _ in packets)
