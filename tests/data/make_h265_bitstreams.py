@@ -27,11 +27,12 @@ from pathlib import Path
 import av
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from cxrelay.h264 import split_annexb  # noqa: E402
-from cxrelay.h265 import IRAP, nal_type  # noqa: E402
-from tests.data.make_bitstreams import _SERVER, FIXED_PARAMS, HERE, frames, free_port  # noqa: E402
-from tests.data.make_bitstreams import encode as encode_any  # noqa: E402
-from tests.data.make_bitstreams import write as write_any  # noqa: E402
+from cxrelay.h264 import split_annexb
+from cxrelay.h265 import IRAP, nal_type
+from tests.data.make_bitstreams import _SERVER, FIXED_PARAMS, HERE, frames
+from tests.data.make_bitstreams import encode as encode_any
+from tests.data.make_bitstreams import write as write_any
+from tests.support import free_port
 
 Packets = list[tuple[int, bytes, bool]]
 
