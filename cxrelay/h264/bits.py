@@ -8,6 +8,7 @@ References are to ITU-T H.264 (08/2021).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import ClassVar
 
 NAL_SLICE = 1  # coded slice of a non-IDR picture
 NAL_DPA = 2  # slice data partition A (carries the slice header)
@@ -110,9 +111,11 @@ def unescape_rbsp(data: bytes) -> bytes:
 
 class BitReader:
     """MSB-first reader over an RBSP, holding it as one Python int (headers
-    are short, so this beats indexing bytes)."""
+    are short, so this beats indexing bytes). Codec-neutral: H.265 subclasses
+    it to raise its own ``error``."""
 
     __slots__ = ("pos", "size", "value")
+    error: ClassVar[type[ValueError]] = H264Error
 
     def __init__(self, rbsp: bytes) -> None:
         self.value = int.from_bytes(rbsp, "big")
@@ -122,7 +125,7 @@ class BitReader:
     def u(self, bits: int) -> int:
         end = self.pos + bits
         if end > self.size:
-            raise H264Error("truncated")
+            raise self.error("truncated")
         self.pos = end
         return (self.value >> (self.size - end)) & ((1 << bits) - 1)
 
@@ -133,24 +136,24 @@ class BitReader:
         remaining = self.size - self.pos
         rest = self.value & ((1 << remaining) - 1)
         if rest == 0:
-            raise H264Error("truncated")
+            raise self.error("truncated")
         zeros = remaining - rest.bit_length()
         if zeros > 31:
-            raise H264Error("Exp-Golomb code too long")
+            raise self.error("Exp-Golomb code too long")
         width = 2 * zeros + 1
         if width > remaining:
-            raise H264Error("truncated")
+            raise self.error("truncated")
         self.pos += width
         value = (rest >> (remaining - width)) - 1
         if value > limit:
-            raise H264Error(f"value {value} out of range")
+            raise self.error(f"value {value} out of range")
         return value
 
     def se(self, low: int = -(2**31), high: int = 2**31 - 1) -> int:
         code = self.ue()
         value = (code + 1) // 2 if code & 1 else -(code // 2)
         if not low <= value <= high:
-            raise H264Error(f"value {value} out of range")
+            raise self.error(f"value {value} out of range")
         return value
 
     def more_rbsp_data(self) -> bool:

@@ -10,7 +10,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cxrelay.h264 import _split
+from cxrelay.h264.bits import split_nals
 from cxrelay.h265.nal import (
     NAL_PPS,
     NAL_PREFIX_SEI,
@@ -123,7 +123,7 @@ def split_extradata(extradata: bytes) -> list[bytes]:
         return []
     if data[0] == 1:
         return parse_hvcc(data).nals
-    nals, stray = _split(data)
+    nals, stray = split_nals(data)
     if stray or not nals:
         raise H265Error("extradata is neither hvcC nor Annex B")
     for nal in nals:

@@ -7,12 +7,10 @@ References are to ITU-T H.265 (V8, 08/2021), clause numbers in comments.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import wraps
-from typing import ParamSpec, TypeVar
 
-from cxrelay.h264 import H264Error, _Bits, unescape_rbsp
+from cxrelay.h264.bits import BitReader, unescape_rbsp
 from cxrelay.h265.nal import (
     IRAP,
     NAL_IDR_N_LP,
@@ -49,21 +47,12 @@ _SLICE_HEADER_BYTES = 48
 _MAX_RPS = 64
 _MAX_RPS_PICS = 16
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
 
+class _Bits(BitReader):
+    """The shared bit reader, raising H265Error."""
 
-def _h265_errors(parse: Callable[_P, _R]) -> Callable[_P, _R]:
-    """The shared bit reader raises H264Error; callers of this package expect H265Error."""
-
-    @wraps(parse)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return parse(*args, **kwargs)
-        except H264Error as exc:
-            raise H265Error(str(exc)) from None
-
-    return wrapper
+    __slots__ = ()
+    error = H265Error
 
 
 def _rbsp(nal: bytes, expect: int) -> bytes:
@@ -139,7 +128,6 @@ class Vps:
     ptl: ProfileTierLevel
 
 
-@_h265_errors
 def parse_vps(nal: bytes) -> Vps:
     """Parse a video parameter set up to its profile, tier and level. Raises H265Error."""
     bits = _Bits(_rbsp(nal, NAL_VPS))
@@ -203,7 +191,6 @@ _SAR = [(1, 1), (12, 11), (10, 11), (16, 11), (40, 33), (24, 11), (20, 11), (32,
         (80, 33), (18, 11), (15, 11), (64, 33), (160, 99), (4, 3), (3, 2), (2, 1)]
 
 
-@_h265_errors
 def parse_sps(nal: bytes) -> Sps:
     """Parse a sequence parameter set up to the VUI's timing info.
 
@@ -366,7 +353,7 @@ def _parse_vui(bits: _Bits) -> tuple[float | None, tuple[int, int] | None]:
             if units_in_tick and time_scale:
                 rate = time_scale / units_in_tick
                 fps = round(rate, 3) if 0 < rate <= 1000 else None
-    except H264Error:
+    except H265Error:
         pass
     return fps, sar
 
@@ -385,7 +372,6 @@ class Pps:
     entropy_coding_sync_enabled_flag: bool
 
 
-@_h265_errors
 def parse_pps(nal: bytes) -> Pps:
     """Parse a picture parameter set up to its tile and wavefront flags. Raises H265Error."""
     bits = _Bits(_rbsp(nal, NAL_PPS))
@@ -443,7 +429,6 @@ def _slice_prefix(nal: bytes) -> tuple[_Bits, int, bool, int]:
     return bits, kind, first, bits.ue(63)
 
 
-@_h265_errors
 def slice_pps_id(nal: bytes) -> tuple[bool, int]:
     """(first_slice_segment_in_pic_flag, slice_pic_parameter_set_id) of a
     slice segment, without its parameter sets. Raises H265Error."""
@@ -455,7 +440,6 @@ class MissingParameterSet(H265Error):
     """A slice segment refers to a PPS or SPS that has not been seen."""
 
 
-@_h265_errors
 def parse_slice_segment_header(nal: bytes, sps: Mapping[int, Sps], pps: Mapping[int, Pps]
                                ) -> SliceSegmentHeader:
     """Parse a slice segment header up to slice_pic_order_cnt_lsb: where the
