@@ -222,25 +222,36 @@ def parse_sps(nal: bytes) -> Sps:
     )
 
 
+def vui_sample_aspect_ratio(bits: BitReader) -> tuple[int, int] | None:
+    """The VUI's aspect ratio info, the same in H.264 (E.1.1) and H.265 (E.2.1)."""
+    if not bits.flag():  # aspect_ratio_info_present_flag
+        return None
+    idc = bits.u(8)
+    if idc == 255:
+        return (bits.u(16), bits.u(16))
+    return _SAR[idc - 1] if 1 <= idc <= len(_SAR) else None
+
+
+def skip_vui_signal(bits: BitReader) -> None:
+    """The VUI's overscan, video signal type and chroma location info, the same
+    in H.264 and H.265."""
+    if bits.flag():  # overscan_info_present_flag
+        bits.u(1)
+    if bits.flag():  # video_signal_type_present_flag
+        bits.u(4)  # video_format, video_full_range_flag
+        if bits.flag():  # colour_description_present_flag
+            bits.u(24)
+    if bits.flag():  # chroma_loc_info_present_flag
+        bits.ue()
+        bits.ue()
+
+
 def _parse_vui(bits: BitReader) -> tuple[float | None, tuple[int, int] | None, int | None]:
     fps: float | None = None
     sar: tuple[int, int] | None = None
     try:
-        if bits.flag():  # aspect_ratio_info_present_flag
-            idc = bits.u(8)
-            if idc == 255:
-                sar = (bits.u(16), bits.u(16))
-            elif 1 <= idc <= len(_SAR):
-                sar = _SAR[idc - 1]
-        if bits.flag():  # overscan_info_present_flag
-            bits.u(1)
-        if bits.flag():  # video_signal_type_present_flag
-            bits.u(4)  # video_format, video_full_range_flag
-            if bits.flag():  # colour_description_present_flag
-                bits.u(24)
-        if bits.flag():  # chroma_loc_info_present_flag
-            bits.ue()
-            bits.ue()
+        sar = vui_sample_aspect_ratio(bits)
+        skip_vui_signal(bits)
         if bits.flag():  # timing_info_present_flag
             units_in_tick = bits.u(32)
             time_scale = bits.u(32)

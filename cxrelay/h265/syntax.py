@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cxrelay.h264.bits import BitReader, unescape_rbsp
+from cxrelay.h264.syntax import skip_vui_signal, vui_sample_aspect_ratio
 from cxrelay.h265.nal import (
     IRAP,
     NAL_IDR_N_LP,
@@ -186,11 +187,6 @@ class Sps:
         return (self.pic_size_in_ctbs - 1).bit_length()
 
 
-# Table E.1, aspect_ratio_idc 1..16 (the same as H.264's).
-_SAR = [(1, 1), (12, 11), (10, 11), (16, 11), (40, 33), (24, 11), (20, 11), (32, 11),
-        (80, 33), (18, 11), (15, 11), (64, 33), (160, 99), (4, 3), (3, 2), (2, 1)]
-
-
 def parse_sps(nal: bytes) -> Sps:
     """Parse a sequence parameter set up to the VUI's timing info.
 
@@ -328,21 +324,8 @@ def _parse_vui(bits: _Bits) -> tuple[float | None, tuple[int, int] | None]:
     fps: float | None = None
     sar: tuple[int, int] | None = None
     try:
-        if bits.flag():  # aspect_ratio_info_present_flag
-            idc = bits.u(8)
-            if idc == 255:
-                sar = (bits.u(16), bits.u(16))
-            elif 1 <= idc <= len(_SAR):
-                sar = _SAR[idc - 1]
-        if bits.flag():  # overscan_info_present_flag
-            bits.u(1)
-        if bits.flag():  # video_signal_type_present_flag
-            bits.u(4)  # video_format, video_full_range_flag
-            if bits.flag():  # colour_description_present_flag
-                bits.u(24)
-        if bits.flag():  # chroma_loc_info_present_flag
-            bits.ue()
-            bits.ue()
+        sar = vui_sample_aspect_ratio(bits)
+        skip_vui_signal(bits)
         bits.u(3)  # neutral_chroma_indication, field_seq, frame_field_info_present
         if bits.flag():  # default_display_window_flag
             for _ in range(4):

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -167,9 +167,11 @@ _PIPELINE = (
 )
 
 
-def record_rtsp(seconds: float = 1.7) -> None:
+def capture_rtsp(pipeline: str, seconds: float) -> tuple[bytes, list[tuple[int, bytes, bool]]]:
+    """(extradata, packets) of a live RTSP session with GStreamer's server
+    running ``pipeline``, read as the relay reads it (parser off)."""
     port = free_port()
-    server = subprocess.Popen(["/usr/bin/python3", "-c", _SERVER, str(port), _PIPELINE],
+    server = subprocess.Popen(["/usr/bin/python3", "-c", _SERVER, str(port), pipeline],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
@@ -191,18 +193,24 @@ def record_rtsp(seconds: float = 1.7) -> None:
     finally:
         server.terminate()
         server.wait(10)
+    return extradata, packets
+
+
+def record_rtsp(seconds: float = 1.7) -> None:
+    extradata, packets = capture_rtsp(_PIPELINE, seconds)
     # Keep whole access units only: from the first AUD to before the last one.
     auds = [i for i, (_, data, _) in enumerate(packets) if data[:5] == b"\0\0\0\x01\x09"]
     write("rtsp_gst", packets[auds[0]:auds[-1]], kind="rtp_packets", extradata=extradata.hex(),
           codec="avc1.42c01e", width=640, height=360)
 
 
-def main() -> None:
-    record_encodes()
-    record_variants()
-    record_extradata_only()
+def main(recorders: tuple[Callable[[], None], ...] = (record_encodes, record_variants,
+                                                      record_extradata_only),
+         rtsp: Callable[[], None] = record_rtsp) -> None:
+    for record in recorders:
+        record()
     if "--no-rtsp" not in sys.argv:
-        record_rtsp()
+        rtsp()
 
 
 if __name__ == "__main__":

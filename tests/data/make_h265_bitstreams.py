@@ -21,7 +21,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import av
@@ -29,10 +28,10 @@ import av
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cxrelay.h264 import split_annexb
 from cxrelay.h265 import IRAP, nal_type
-from tests.data.make_bitstreams import _SERVER, FIXED_PARAMS, HERE, frames
+from tests.data import make_bitstreams
+from tests.data.make_bitstreams import FIXED_PARAMS, HERE, capture_rtsp, frames
 from tests.data.make_bitstreams import encode as encode_any
 from tests.data.make_bitstreams import write as write_any
-from tests.support import free_port
 
 Packets = list[tuple[int, bytes, bool]]
 
@@ -187,29 +186,7 @@ _PIPELINE = (
 
 
 def record_rtsp(seconds: float = 2.2) -> None:
-    port = free_port()
-    server = subprocess.Popen(["/usr/bin/python3", "-c", _SERVER, str(port), _PIPELINE],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        container = av.open(f"rtsp://127.0.0.1:{port}/cam", timeout=10, options={
-            "rtsp_transport": "tcp", "fflags": "+noparse+nofillin"})
-        stream = container.streams.video[0]
-        extradata = bytes(stream.codec_context.extradata or b"")
-        tb = stream.time_base
-        packets: Packets = []
-        deadline = time.monotonic() + seconds
-        for packet in container.demux(stream):
-            if packet.size:
-                pts = packet.pts if packet.pts is not None else packet.dts
-                packets.append((pts * tb.numerator * 1_000_000 // tb.denominator,
-                                bytes(packet), False))
-            if time.monotonic() > deadline:
-                break
-        container.close()
-    finally:
-        server.terminate()
-        server.wait(10)
+    extradata, packets = capture_rtsp(_PIPELINE, seconds)
     # Whole access units only: from the first picture's first packet to before
     # the last picture's (the capture ends anywhere).
     starts = [i for i, (pts, _, _) in enumerate(packets) if i == 0 or pts != packets[i - 1][0]]
@@ -219,11 +196,7 @@ def record_rtsp(seconds: float = 2.2) -> None:
 
 
 def main() -> None:
-    record_encodes()
-    record_variants()
-    record_extradata_only()
-    if "--no-rtsp" not in sys.argv:
-        record_rtsp()
+    make_bitstreams.main((record_encodes, record_variants, record_extradata_only), record_rtsp)
 
 
 if __name__ == "__main__":
