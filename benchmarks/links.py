@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from tests.links.client import Watch, percentile, watch  # noqa: E402
 from tests.links.netns import NetnsLink, RelayInNs  # noqa: E402
 
+SCRIPT = Path(__file__).resolve()
 DEFAULT_FILE = ROOT / "tests" / "data" / "baseline.h264"
 SCENARIOS = ("fit", "slow", "stall", "lossy")
 TCP_NOTSENT_LOWAT = 25
@@ -128,7 +128,7 @@ async def run_scenario(scenario: str, variant: str, args: argparse.Namespace) ->
     with NetnsLink(backend=args.backend, cc=args.cc) as link:
         relay = RelayInNs(link, "--camera", f"cam=file://{args.file}",
                           python=sys.executable)
-        relay.argv[1:3] = [str(Path(__file__).resolve()), "--as-relay", variant]
+        relay.argv[1:3] = [str(SCRIPT), "--as-relay", variant]
         with relay:
             bitrate = await measure_stream(link, 6.0)
             note = f"stream {bitrate / 1000:.0f} kbit/s"
