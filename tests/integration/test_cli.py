@@ -87,22 +87,33 @@ def test_port_in_use_is_a_clear_error() -> None:
 
 
 def test_environment_variables_configure_serve(tmp_path: Path) -> None:
-    port = free_port()
+    port, closed = free_port(), free_port()
     env = {"CXRELAY_PORT": str(port), "CXRELAY_HOST": "127.0.0.1", "CXRELAY_DEMO": "1",
-           "CXRELAY_LOG_FORMAT": "json", "CXRELAY_LOG_LEVEL": "debug"}
+           "CXRELAY_CAMERA": f"gone=rtsp://127.0.0.1:{closed}/cam",
+           "CXRELAY_LOG_FORMAT": "json", "CXRELAY_LOG_LEVEL": "warning"}
     proc = RelayProcess(env=env)
     proc.port = port
     proc.args = ["serve"]
     proc.start()
     try:
-        status, body = http_get(port, "/api/cameras")
-        assert status == 200 and [c["name"] for c in json.loads(body)] == ["demo"]
+        def cameras() -> dict[str, str]:
+            status, body = http_get(port, "/api/cameras")
+            assert status == 200
+            return {c["name"]: c["state"] for c in json.loads(body)}
+
+        assert set(cameras()) == {"demo", "gone"}
+        deadline = time.monotonic() + 30
+        while cameras()["gone"] != "offline":  # its failure is logged before the state shows
+            assert time.monotonic() < deadline, "camera 'gone' never went offline"
+            time.sleep(0.1)
     finally:
         code, out, _ = proc.stop()
     assert code == 0
     events = [json.loads(line) for line in out.splitlines()]
-    assert any(e["event"] == "listening" for e in events)
-    assert any(e["level"] == "debug" for e in events) or len(events) > 2
+    # The level applies both ways: the warning is there, and no info line ("listening",
+    # "camera connected", "stopped") is.
+    assert any(e["event"] == "camera failed" and e["camera"] == "gone" for e in events), events
+    assert {e["level"] for e in events} <= {"warning", "error", "critical"}, events
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
