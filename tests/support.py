@@ -10,11 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
-from typing import Any
+from typing import IO, Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -127,7 +128,11 @@ async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.1)
 
 class RelayProcess:
     """`python -m cxrelay serve …` as a subprocess, for what only a process shows:
-    exit codes, signals, memory, log lines."""
+    exit codes, signals, memory, log lines.
+
+    Its output is read as it comes (a full pipe would stall the relay), so a test can wait
+    for a log line instead of sleeping: ``proc.reload()`` sends SIGHUP and returns the
+    reload's own outcome line."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
@@ -135,37 +140,92 @@ class RelayProcess:
                      "--log-format", "json", *args]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._arrived = threading.Condition()
+        self._readers: list[threading.Thread] = []
 
     def start(self, timeout: float = 15.0) -> RelayProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cxrelay", *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
         )
+        for stream, lines in ((self.proc.stdout, self._out), (self.proc.stderr, self._err)):
+            reader = threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+            reader.start()
+            self._readers.append(reader)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                _, err = self.proc.communicate()
-                raise AssertionError(f"cxrelay exited {self.proc.returncode}: {err.decode()}")
+                _, err = self.stop()[1:]
+                raise AssertionError(f"cxrelay exited {self.proc.returncode}: {err}")
             with contextlib.suppress(OSError):
                 if http_get(self.port, "/healthz", timeout=1)[0] == 200:
                     return self
             time.sleep(0.1)
         raise AssertionError("cxrelay did not come up")
 
+    def _read(self, stream: IO[bytes], lines: list[str]) -> None:
+        for raw in stream:
+            with self._arrived:
+                lines.append(raw.decode(errors="replace"))
+                self._arrived.notify_all()
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log lines so far."""
+        with self._arrived:
+            return [json.loads(line) for line in self._out if line.startswith("{")]
+
+    def wait_for_event(self, predicate: Callable[[dict[str, Any]], bool], since: int = 0,
+                       timeout: float = 20.0) -> dict[str, Any]:
+        """The first JSON log line from the `since`-th on for which predicate holds."""
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while True:
+                for line in self._out[since:]:
+                    if line.startswith("{") and predicate(event := json.loads(line)):
+                        return event
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.proc is not None and self.proc.poll() is not None
+                                      and not any(r.is_alive() for r in self._readers)):
+                    raise AssertionError(f"no such log line within {timeout:g} s; "
+                                         f"got {self._out[since:][-5:]}")
+                self._arrived.wait(min(remaining, 0.5))
+
+    def log_mark(self) -> int:
+        """Where the log is now: wait_for_event(…, since=mark) looks only after it."""
+        with self._arrived:
+            return len(self._out)
+
+    def reload(self, timeout: float = 20.0) -> dict[str, Any]:
+        """SIGHUP, then the reload's outcome line: 'reloaded' or 'reload rejected, …'."""
+        since = self.log_mark()
+        self.signal(signal.SIGHUP)
+        return self.wait_for_event(
+            lambda e: e["event"] == "reloaded" or e["event"].startswith("reload rejected"),
+            since, timeout)
+
     def signal(self, sig: int = signal.SIGTERM) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 10.0) -> tuple[int, str, str]:
+        """SIGTERM (SIGKILL after `timeout`); the exit code and everything it printed."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            out, err = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
-        return self.proc.returncode, out.decode(), err.decode()
+            self.proc.wait()
+        for reader in self._readers:
+            reader.join(timeout)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        with self._arrived:
+            return self.proc.returncode, "".join(self._out), "".join(self._err)
 
     def rss_kib(self) -> int:
         assert self.proc is not None
@@ -174,7 +234,6 @@ class RelayProcess:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
         raise AssertionError("no VmRSS")
-
 
 @contextlib.contextmanager
 def relay_process(*args: str, **kwargs: Any) -> Iterator[RelayProcess]:

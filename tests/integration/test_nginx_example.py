@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
@@ -23,6 +22,7 @@ from websockets.exceptions import InvalidStatus
 from cxrelay.app import Relay
 from cxrelay.config import CameraConfig
 from cxrelay.protocol import decode_frame
+from tests.parts import command
 from tests.support import free_port, make_config, running_relay
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "nginx.conf"
@@ -31,9 +31,7 @@ TOKEN = "eyJ0b2tlbi1tdXN0LW5vdC1iZS1sb2dnZWQ.x.y"
 
 
 def tool(name: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
-    assert path, f"{name} is not installed (Debian: apt-get install {name})"
-    return path
+    return command(name, package=name)
 
 
 def replaced(text: str, old: str, new: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -70,11 +69,13 @@ def test_no_password_in_any_output(rtsp_camera, tmp_path: Path) -> None:
             outputs.append(http_get(port, path)[1].decode())
         # A reload that changes a camera's password, and one that fails.
         config.write_text(config.read_text().replace(WRONG, RELOADED))
-        proc.signal(signal.SIGHUP)
-        asyncio.run(asyncio.sleep(2))
+        mark = proc.log_mark()
+        assert proc.reload()["changed"] == ["wrong"]
+        # The restarted camera tries its new (still wrong) password, and says so.
+        proc.wait_for_event(lambda e: e["event"] == "camera failed" and e["camera"] == "wrong",
+                            since=mark, timeout=30)
         config.write_text(config.read_text() + f'[[camera]]\nname = "x"\nurl = "rtsp://u:{RELOADED}@h:99999/"\n')
-        proc.signal(signal.SIGHUP)
-        asyncio.run(asyncio.sleep(1))
+        assert proc.reload()["event"].startswith("reload rejected")
         outputs.append(http_get(port, "/api/cameras")[1].decode())
         code, out, err = proc.stop()
     outputs += [out, err]

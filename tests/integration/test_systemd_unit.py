@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,14 +25,22 @@ from typing import Any
 
 import pytest
 
+from tests.parts import command
+
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "cxrelay.service"
 INSTALLED_BINARY = "/usr/local/bin/cxrelay"
 MAX_EXPOSURE = 2.0
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None, reason="needs systemd-analyze (Debian: systemd)"
-)
+
+@pytest.fixture
+def systemd_analyze() -> str:
+    return command("systemd-analyze", "systemd")
+
+
+# Only the tests that run systemd-analyze need it; the others check the unit's text and
+# the relay's own side of Type=notify.
+needs_analyze = pytest.mark.usefixtures("systemd_analyze")
 
 
 def unit_settings(text: str) -> dict[str, list[str]]:
@@ -83,6 +90,7 @@ def test_unit_has_the_operational_settings() -> None:
     assert s["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX"]
 
 
+@needs_analyze
 def test_verify(testable_unit: Path) -> None:
     result = analyze("verify", "--man=no", "--recursive-errors=no", str(testable_unit))
     output = result.stdout + result.stderr
@@ -93,6 +101,7 @@ def test_verify(testable_unit: Path) -> None:
     assert complaints == []
 
 
+@needs_analyze
 def test_verify_catches_mistakes(tmp_path: Path) -> None:
     """The check above can fail: a typo'd key is reported."""
     bad = tmp_path / "cxrelay.service"
@@ -109,10 +118,12 @@ def exposure(unit: Path) -> float:
     return float(match.group(1))
 
 
+@needs_analyze
 def test_security_rating(testable_unit: Path) -> None:
     assert exposure(testable_unit) <= MAX_EXPOSURE
 
 
+@needs_analyze
 def test_security_rating_can_fail(tmp_path: Path) -> None:
     bare = tmp_path / "bare.service"
     bare.write_text(f"[Service]\nExecStart={sys.executable}\n")
@@ -238,7 +249,7 @@ def filter_spec(argv: list[str]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def sandboxed_relay() -> Iterator[tuple[subprocess.Popen[str], int]]:
+def sandboxed_relay(systemd_analyze: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """`cxrelay serve --demo` under the unit's seccomp filters: the process and its port."""
     argv = [sys.executable, "-m", "cxrelay", "serve", "--demo", "--host", "127.0.0.1",
             "--port", "0", "--log-format", "json"]
@@ -274,6 +285,7 @@ def get_json(port: int, path: str) -> Any:
         return json.load(reply)
 
 
+@needs_analyze
 def test_relay_runs_under_the_units_seccomp_filters(
     sandboxed_relay: tuple[subprocess.Popen[str], int],
 ) -> None:
