@@ -32,10 +32,11 @@ gi.require_version("Gst", "1.0")
 gi.require_version("GstBase", "1.0")
 gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstBase, GstRtsp, GstRtspServer  # noqa: E402
+gi.require_version("GstVideo", "1.0")
+from gi.repository import GLib, Gst, GstBase, GstRtsp, GstRtspServer, GstVideo  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stamp import iter_annexb, make_stamp_sei, nal_type  # noqa: E402
+from stamp import draw_counter, iter_annexb, make_stamp_sei, nal_type  # noqa: E402
 
 NAL_IDR = 5
 NAL_SPS = 7
@@ -69,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--mtu", type=int, default=1400, help="RTP packet size (FU-A above)")
     parser.add_argument("--stamp", action="store_true", help="stamp SEI in every access unit")
+    parser.add_argument(
+        "--draw-counter",
+        action="store_true",
+        help="draw each picture's number (from 1; the stamp's counter when there are no "
+        "B-frames) into it as blocks at the top left (stamp.read_drawn_counter reads it)",
+    )
     parser.add_argument("--user", help="require RTSP authentication as this user")
     parser.add_argument("--password", default="", help="password for --user")
     parser.add_argument("--auth", choices=("basic", "digest"), default="basic")
@@ -110,6 +117,7 @@ def encoder_description(args: argparse.Namespace) -> str:
         f"videotestsrc is-live=true pattern=ball ! "
         f"video/x-raw,format=I420,width={args.width},height={args.height},"
         f"framerate={args.fps}/1 ! "
+        f"{'overlaycomposition name=counter ! ' if args.draw_counter else ''}"
         f"{x264} key-int-max={args.gop} bitrate={args.bitrate} "
         f'option-string="{":".join(options)}" name=encoder ! '
         f"video/x-h264,stream-format=byte-stream,alignment=au ! "
@@ -156,6 +164,7 @@ class Camera:
     feeds: list[Feed] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     counter: int = 0
+    drawn: int = 0  # pictures numbered by --draw-counter
     sps: bytes | None = None
     pps: bytes | None = None
     first_unit: threading.Event = field(default_factory=threading.Event)
@@ -171,6 +180,8 @@ class Camera:
     def start_producer(self) -> None:
         self.producer = Gst.parse_launch(encoder_description(self.args))
         self.encoder = self.producer.get_by_name("encoder")
+        if self.args.draw_counter:
+            self.producer.get_by_name("counter").connect("draw", self.on_draw)
         sink = self.producer.get_by_name("sink")
         sink.set_property("emit-signals", True)
         sink.connect("new-sample", self.on_sample)
@@ -178,6 +189,19 @@ class Camera:
         bus.add_signal_watch()
         bus.connect("message::error", self.on_producer_error)
         self.producer.set_state(Gst.State.PLAYING)
+
+    def on_draw(self, _element: Gst.Element, _sample: Gst.Sample) -> Any:
+        """The overlay for the next raw picture: its number, as blocks (stamp.py)."""
+        self.drawn += 1
+        pixels, width, height = draw_counter(self.drawn, self.args.width)
+        buffer = Gst.Buffer.new_wrapped(pixels)
+        GstVideo.buffer_add_video_meta(
+            buffer, GstVideo.VideoFrameFlags.NONE, GstVideo.VideoFormat.BGRA, width, height
+        )
+        rectangle = GstVideo.VideoOverlayRectangle.new_raw(
+            buffer, 0, 0, width, height, GstVideo.VideoOverlayFormatFlags.NONE
+        )
+        return GstVideo.VideoOverlayComposition.new(rectangle)
 
     def on_producer_error(self, _bus: Gst.Bus, message: Gst.Message) -> None:
         error, debug = message.parse_error()

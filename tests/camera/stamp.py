@@ -4,6 +4,9 @@ The camera puts one stamp SEI in every access unit, just before the first slice.
 use it two ways: latency (wall clock now minus the stamp) and identity (the relay must
 forward camera NAL units byte for byte, so the stamp must come out the other end intact).
 
+With --draw-counter the camera also draws the counter into the picture (a row of black and
+white blocks at the top left), for what only pixels keep: a decoded still, a JPEG snapshot.
+
 Pure Python on purpose: imported both by Debian's /usr/bin/python3 (the GStreamer camera)
 and by the project's Python (tests, benchmarks).
 """
@@ -157,3 +160,41 @@ def find_stamp(access_unit_annexb: bytes) -> tuple[int, int] | None:
 def count_slices(access_unit_annexb: bytes) -> int:
     """Number of VCL NAL units (coded slices, types 1-5) in an Annex B byte string."""
     return sum(1 for nal in iter_annexb(access_unit_annexb) if 1 <= nal_type(nal) <= 5)
+
+
+# --- the counter drawn into the picture ----------------------------------------------------
+
+DRAWN_BITS = 24
+DRAWN_MARKER = (1, 0, 1, 0)  # before the counter: no moving ball draws this
+DRAWN_COLUMNS = 40  # a block is 1/40 of the picture's width, so scaled stills keep it readable
+_WHITE = b"\xff\xff\xff\xff"  # BGRA, opaque
+_BLACK = b"\x00\x00\x00\xff"
+
+
+def drawn_bits(counter: int) -> list[int]:
+    """Marker, then the counter's DRAWN_BITS bits, most significant first."""
+    return [*DRAWN_MARKER, *((counter >> (DRAWN_BITS - 1 - i)) & 1 for i in range(DRAWN_BITS))]
+
+
+def draw_counter(counter: int, width: int) -> tuple[bytes, int, int]:
+    """(BGRA pixels, width, height) of the drawn counter for a picture ``width`` wide,
+    to be put at its top left corner."""
+    block = max(2, width // DRAWN_COLUMNS)
+    row = b"".join((_WHITE if bit else _BLACK) * block for bit in drawn_bits(counter))
+    return row * block, block * (len(DRAWN_MARKER) + DRAWN_BITS), block
+
+
+def read_drawn_counter(luma: bytes, width: int, stride: int | None = None) -> int | None:
+    """The counter drawn in a picture, from its 8-bit luma (gray) rows; None if the
+    picture has none. Reads the middle of each block, so scaling and JPEG keep it."""
+    stride = stride or width
+    block = width / DRAWN_COLUMNS
+    middle = int(block / 2) * stride
+    bits = [1 if luma[middle + int((i + 0.5) * block)] > 128 else 0
+            for i in range(len(DRAWN_MARKER) + DRAWN_BITS)]
+    if tuple(bits[: len(DRAWN_MARKER)]) != DRAWN_MARKER:
+        return None
+    value = 0
+    for bit in bits[len(DRAWN_MARKER):]:
+        value = value << 1 | bit
+    return value

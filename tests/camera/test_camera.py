@@ -9,7 +9,14 @@ import av
 import pytest
 
 from tests.camera.harness import CameraFactory, Capture, RtspCamera, camera_argv, read_packets
-from tests.camera.stamp import count_slices, find_stamp, find_stamps, iter_annexb, nal_type
+from tests.camera.stamp import (
+    count_slices,
+    find_stamp,
+    find_stamps,
+    iter_annexb,
+    nal_type,
+    read_drawn_counter,
+)
 
 NAL_IDR, NAL_SEI, NAL_SPS, NAL_PPS = 5, 6, 7, 8
 
@@ -216,3 +223,23 @@ def test_one_nal_unit_per_rtp_packet_and_fu_a_above_the_mtu(rtsp_camera: CameraF
     assert len(starts) < len(payloads), "FU-A continuations come without a start code"
     whole = b"".join(payloads)
     assert len(find_stamps(whole)) >= 10
+
+
+def test_drawn_counter_is_the_stamp_counter_and_survives_scaling(
+        rtsp_camera: CameraFactory) -> None:
+    camera = rtsp_camera(stamp=True, draw_counter=True)
+    capture = read_packets(camera.url, 10)
+    codec = av.CodecContext.create("h264", "r")
+    for unit in capture.packets:
+        for picture in codec.decode(av.Packet(unit)):
+            stamp = find_stamp(unit)
+            assert stamp is not None
+            for width, height in ((640, 360), (320, 180)):
+                gray = picture.reformat(width=width, height=height, format="gray")
+                plane = gray.planes[0]
+                assert read_drawn_counter(bytes(plane), width, plane.line_size) == stamp[1]
+    plain = rtsp_camera()
+    unit = read_packets(plain.url, 1).packets[0]
+    gray = next(iter(av.CodecContext.create("h264", "r").decode(av.Packet(unit))))
+    gray = gray.reformat(format="gray")
+    assert read_drawn_counter(bytes(gray.planes[0]), 640, gray.planes[0].line_size) is None
