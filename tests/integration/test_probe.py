@@ -4,7 +4,6 @@ real GStreamer RTSP camera, and never a password in what it prints."""
 from __future__ import annotations
 
 import json
-import socket
 from typing import Any
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from cxrelay.h264 import NAL_PPS, NAL_SPS, nal_type, split_annexb, to_annexb
 from cxrelay.probe import ProbeReport, _Meter, format_report, level_name, probe, profile_name
 from tests.recordings import recording
+from tests.support import free_port
 
 PASSWORD = "Sup3r-s3cret-pw"
 WRONG = "Wr0ng-passw0rd-xyz"
@@ -145,14 +145,8 @@ def test_meter_without_keyframes_warns_in_the_report() -> None:
 # --- probing without a camera -----------------------------------------------------------------
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])  # closed again on return: nothing listens there
-
-
 def test_unreachable_camera_fails_with_a_reason() -> None:
-    url = f"rtsp://admin:{PASSWORD}@127.0.0.1:{closed_port()}/stream"
+    url = f"rtsp://admin:{PASSWORD}@127.0.0.1:{free_port()}/stream"
     report = probe(url, seconds=1, timeout=5)
     assert not report.ok
     assert report.error and "refused" in report.error.lower()
@@ -286,7 +280,7 @@ def test_cli_probe_failure_exits_1_without_the_password(rtsp_camera: Any) -> Non
 
 
 def test_cli_probe_unreachable_transport_option() -> None:
-    url = f"rtsp://127.0.0.1:{closed_port()}/x"
+    url = f"rtsp://127.0.0.1:{free_port()}/x"
     result = run_cli(url, "--transport", "udp", "--seconds", "1", "--json")
     assert result.exit_code == 1
     data = json.loads(result.output)
