@@ -1,8 +1,10 @@
 """Whole NAL units out of FFmpeg's RTP packets. Pure: no I/O.
 
 With the parser off (``fflags=+noparse``) FFmpeg hands over each RTP payload
-as it comes. A NAL unit too big for one packet arrives FU-A fragmented: the
-first fragment starts with a start code, the rest are bare continuation bytes.
+as it comes. A NAL unit too big for one packet arrives fragmented (H.264's
+FU-A, H.265's FU): the first fragment starts with a start code and the NAL
+unit header FFmpeg rebuilt from the fragmentation header, the rest are bare
+continuation bytes.
 RTSP gives no end-of-NAL flag, so waiting for the next packet would cost a
 whole frame whenever the picture's last slice is fragmented.
 
@@ -39,7 +41,9 @@ def _last_nal_length(data: bytes) -> int:
 
 
 class FragmentJoiner:
-    def __init__(self) -> None:
+    def __init__(self, header_size: int = 1) -> None:
+        """``header_size``: bytes of the codec's NAL unit header (H.264 1, H.265 2)."""
+        self._header_size = header_size
         self._parts: list[bytes] = []
         self._pts = 0
         self._ingest = 0
@@ -65,7 +69,7 @@ class FragmentJoiner:
         last = self._first_len = _last_nal_length(data)
         if self.fragment_size:
             # A first fragment holds the rebuilt NAL header plus one full fragment.
-            self._open = last >= self.fragment_size + 1
+            self._open = last >= self.fragment_size + self._header_size
         else:
             self._open = last >= _UNKNOWN_FRAGMENT_GUESS
         if not self._open:
@@ -80,7 +84,7 @@ class FragmentJoiner:
             # full: the rebuilt NAL header plus exactly one fragment's bytes.
             # (Learning from continuations alone would take a short last
             # fragment for the full size, and hold back every NAL unit above it.)
-            self.fragment_size = max(self.fragment_size, self._first_len - 1)
+            self.fragment_size = max(self.fragment_size, self._first_len - self._header_size)
         self.fragment_size = max(self.fragment_size, len(data))
         self._parts.append(data)
         self._ingest = ingest_us

@@ -121,6 +121,10 @@ def new_assembler(info: StreamInfo) -> Assembler:
         from cxrelay.h264 import AccessUnitAssembler
 
         return AccessUnitAssembler(info.extradata)
+    if info.codec == "h265":
+        from cxrelay.h265 import AccessUnitAssembler as H265Assembler
+
+        return H265Assembler(info.extradata)
     raise ValueError(f"no assembler for codec {info.codec!r}")
 
 
@@ -150,7 +154,8 @@ class Ingest:
         self._assembler = assembler if assembler is not None else new_assembler(info)
         # Whole-unit sources need no rejoining; they still go through the
         # assembler, since FFmpeg's parser can cut a multi-slice picture in two.
-        self._joiner = None if info.whole_units else FragmentJoiner()
+        self._joiner = None if info.whole_units else FragmentJoiner(
+            header_size=2 if info.codec == "h265" else 1)
         self._params: StreamParams | None = None
         self._drops_seen = dict(self._assembler.drops)
         self.deadline_us: int | None = None

@@ -1,10 +1,11 @@
 """H.265 (HEVC) bitstream handling: NAL units, parameter sets, slice segment
-headers, the codec string and hvcC record, and grouping NAL units into access
-units. Pure: stdlib only, no I/O.
+headers, the codec string and hvcC record (``nal``, ``syntax``, ``hvcc``), and
+grouping NAL units into access units (``assembler``). Pure: stdlib only, no I/O.
 
 The Annex B splitter, RBSP unescaper and bit reader are shared with H.264.
 """
 
+from cxrelay.h265.assembler import AccessUnit, AccessUnitAssembler
 from cxrelay.h265.hvcc import Hvcc, build_hvcc, parse_extradata, parse_hvcc, split_extradata
 from cxrelay.h265.nal import (
     IRAP,
@@ -57,6 +58,8 @@ __all__ = [
     "NAL_VPS",
     "PARAMETER_SETS",
     "SLICES",
+    "AccessUnit",
+    "AccessUnitAssembler",
     "H265Error",
     "Hvcc",
     "Pps",

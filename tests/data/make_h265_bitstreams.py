@@ -113,14 +113,13 @@ def record_encodes() -> None:
                                  "vbv-maxrate=800:vbv-bufsize=800:temporal-layers=3:"
                                  "repeat-headers=1", crf=34),
           width=632, height=354)
-    # 4 slices, then 2 (a subset of the 4-slice layout), then 3, each at an IDR.
-    first = encode(320, 180, 20, "main", "keyint=10:bframes=0:slices=4:repeat-headers=1")
-    second = encode(320, 180, 20, "main", "keyint=10:bframes=0:slices=2:repeat-headers=1",
-                    start=20)
-    third = encode(320, 180, 20, "main", "keyint=10:bframes=0:slices=3:repeat-headers=1",
-                   start=40)
-    write("h265_slice_change", first + second + third,
-          width=320, height=180)
+    # 4 slices, then 2 (a subset of the 4-slice layout), then 3, each at an IDR
+    # (320x320: 5 rows of 64x64 CTBs; addresses (0, 5, 10, 15), (0, 10), (0, 5, 15)).
+    params = "keyint=10:bframes=0:repeat-headers=1:slices="
+    first = encode(320, 320, 20, "main", params + "4")
+    second = encode(320, 320, 20, "main", params + "2", start=20)
+    third = encode(320, 320, 20, "main", params + "3", start=40)
+    write("h265_slice_change", first + second + third, width=320, height=320)
 
 
 def record_variants() -> None:
