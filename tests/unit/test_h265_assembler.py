@@ -142,6 +142,16 @@ def test_one_push_with_one_pts_splits_on_first_slice_segments(name: str) -> None
     assert {u.pts_us for u in units} == {7}
 
 
+def test_prefix_sei_starts_the_next_unit() -> None:
+    """Without AUDs and timestamps, the picture timing SEI in front of each
+    picture is where the unit before it ends."""
+    aus = strip(truth("h265_sei_aud"), (NAL_AUD,))
+    asm = AccessUnitAssembler()
+    units = asm.push(b"".join(au.data for au in aus), 7, 1) + asm.flush()
+    assert [u.data for u in units] == [au.data for au in aus]
+    assert all(nal_type(split_annexb(u.data)[0]) in (NAL_VPS, NAL_PREFIX_SEI) for u in units)
+
+
 def test_open_gops_cra_keyframes_and_b_frames() -> None:
     aus = truth("h265_bframes")
     units = fed(aus)[1].units

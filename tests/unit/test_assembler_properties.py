@@ -1,59 +1,91 @@
-"""Property tests for cxrelay.h264: whatever comes in, push/flush never raise,
-never invent bytes, and every unit that comes out is one Annex B picture."""
+"""Property tests for the access-unit assemblers (cxrelay.h264, cxrelay.h265):
+whatever comes in, push/flush never raise, never invent bytes, and every unit
+that comes out is one Annex B picture."""
 
 from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cxrelay.h264 import (
-    START_CODE,
-    AccessUnit,
-    AccessUnitAssembler,
-    nal_type,
-    split_annexb,
-    to_annexb,
-    unescape_rbsp,
-)
+import cxrelay.h264 as h264
+import cxrelay.h265 as h265
+from cxrelay.assembly import AccessUnit, PictureAssembler
+from cxrelay.h264 import START_CODE, split_annexb, to_annexb, unescape_rbsp
 from tests.camera.stamp import escape_rbsp as escape
 from tests.recordings import recording
 
-STREAMS = ["baseline", "slices4", "bframes", "sei_aud", "slice_change", "variant_interlaced"]
-VCL = {1, 2, 3, 4, 5}
+
+@dataclass(frozen=True)
+class Codec:
+    name: str
+    assembler: Callable[..., PictureAssembler[Any]]
+    nal_type: Callable[[bytes], int]
+    is_slice: Callable[[bytes], bool]  # what the assembler counts as a slice
+    keyframes: frozenset[int]  # slice types that make a keyframe
+    parameter_sets: tuple[int, ...]
+    header_size: int  # bytes of the NAL unit header
+    error: type[Exception]
+    parse_extradata: Callable[[bytes], object]
+    streams: tuple[str, ...]
+    suffix: str
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+H264 = Codec("h264", h264.AccessUnitAssembler, h264.nal_type,
+             lambda nal: h264.nal_type(nal) in h264.VCL_TYPES, frozenset({h264.NAL_IDR}),
+             (h264.NAL_SPS, h264.NAL_PPS), 1, h264.H264Error, h264.parse_extradata,
+             ("baseline", "slices4", "bframes", "sei_aud", "slice_change", "variant_interlaced"),
+             ".h264")
+H265 = Codec("h265", h265.AccessUnitAssembler, h265.nal_type,
+             lambda nal: h265.nal_type(nal) < 32 and not h265.layer_id(nal), h265.IRAP,
+             (h265.NAL_VPS, h265.NAL_SPS, h265.NAL_PPS), 2, h265.H265Error,
+             h265.parse_extradata,
+             ("h265_main", "h265_slices4", "h265_bframes", "h265_sei_aud", "h265_slice_change",
+              "h265_variant_444"), ".h265")
+CODECS = pytest.mark.parametrize("codec", [H264, H265], ids=["h264", "h265"])
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def window_of(name: str, start: int, count: int) -> list[tuple[int, list[bytes]]]:
-    aus = access_units(name)
+def window_of(codec: Codec, index: int, start: int, count: int
+              ) -> list[tuple[int, list[bytes]]]:
+    aus = access_units(codec, codec.streams[index % len(codec.streams)])
     start %= len(aus)
     return aus[start:start + count]
 
 
 @functools.cache
-def access_units(name: str) -> list[tuple[int, list[bytes]]]:
+def access_units(codec: Codec, name: str) -> list[tuple[int, list[bytes]]]:
     """(pts_us, NAL units) of each true access unit."""
-    return [(pts, split_annexb(data)) for pts, data, _ in recording(name).packets]
+    return [(pts, split_annexb(data)) for pts, data, _ in
+            recording(name, suffix=codec.suffix).packets]
 
 
-def check_unit(unit: AccessUnit) -> list[bytes]:
+def check_unit(codec: Codec, unit: AccessUnit[Any]) -> list[bytes]:
     assert unit.data.startswith(START_CODE)
     nals = split_annexb(unit.data)
     assert nals and to_annexb(nals) == unit.data
     assert not any(n[0] & 0x80 for n in nals)  # forbidden_zero_bit: dropped as corrupt
-    kinds = [nal_type(n) for n in nals]
-    assert unit.slices == sum(k in VCL for k in kinds) > 0
-    assert unit.keyframe == (5 in kinds)
+    slices = [codec.nal_type(n) for n in nals if codec.is_slice(n)]
+    assert unit.slices == len(slices) > 0
+    assert unit.keyframe == bool(codec.keyframes & set(slices))
     if unit.keyframe:
-        assert 7 in kinds and 8 in kinds and unit.sps is not None
+        kinds = {codec.nal_type(n) for n in nals}
+        assert set(codec.parameter_sets) <= kinds and unit.sps is not None
     return nals
 
 
-def run(asm: AccessUnitAssembler, pushes: list[tuple[bytes, int]],
-        flush_after: list[bool]) -> list[AccessUnit]:
-    units: list[AccessUnit] = []
+def run(asm: PictureAssembler[Any], pushes: list[tuple[bytes, int]],
+        flush_after: list[bool]) -> list[AccessUnit[Any]]:
+    units: list[AccessUnit[Any]] = []
     for (data, pts), flush in zip(pushes, flush_after, strict=True):
         units += asm.push(data, pts, 0)
         if flush:
@@ -63,14 +95,14 @@ def run(asm: AccessUnitAssembler, pushes: list[tuple[bytes, int]],
     return units
 
 
-def check_run(asm: AccessUnitAssembler, pushes: list[tuple[bytes, int]],
-              flush_after: list[bool]) -> list[AccessUnit]:
-    units = run(asm, pushes, flush_after)
+def check_run(codec: Codec, pushes: list[tuple[bytes, int]],
+              flush_after: list[bool]) -> list[AccessUnit[Any]]:
+    units = run(codec.assembler(), pushes, flush_after)
     seen = {nal for data, _ in pushes for nal in split_annexb(data)}
     for unit in units:
         # Nothing invented: every NAL unit out was a NAL unit in (injected
         # parameter sets included: they come from the input too).
-        assert set(check_unit(unit)) <= seen
+        assert set(check_unit(codec, unit)) <= seen
     return units
 
 
@@ -82,75 +114,77 @@ def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
 # --- garbage --------------------------------------------------------------------------------------
 
 
+@CODECS
 @FAST
 @given(st.lists(st.tuples(st.binary(max_size=300), st.integers(0, 3)), max_size=30),
        st.data())
-def test_random_bytes_never_raise(pushes: list[tuple[bytes, int]], data: st.DataObject) -> None:
+def test_random_bytes_never_raise(codec: Codec, pushes: list[tuple[bytes, int]],
+                                  data: st.DataObject) -> None:
     flushes = data.draw(st.lists(st.booleans(), min_size=len(pushes), max_size=len(pushes)))
-    check_run(AccessUnitAssembler(), pushes, flushes)
+    check_run(codec, pushes, flushes)
 
 
-nal_like = st.builds(
-    lambda header, body: bytes([header]) + body,
-    st.integers(0, 255), st.binary(max_size=40))
-
-
+@CODECS
 @FAST
-@given(st.lists(nal_like, min_size=1, max_size=40), st.lists(st.integers(0, 3), max_size=40),
-       st.data())
-def test_random_nal_units_never_raise(nals: list[bytes], pts: list[int],
-                                      data: st.DataObject) -> None:
+@given(st.data())
+def test_random_nal_units_never_raise(codec: Codec, data: st.DataObject) -> None:
     """Start codes in the right places, anything at all inside."""
+    nal_like = st.builds(lambda header, body: header + body,
+                         st.binary(min_size=codec.header_size, max_size=codec.header_size),
+                         st.binary(max_size=40))
+    nals = data.draw(st.lists(nal_like, min_size=1, max_size=40))
+    pts = data.draw(st.lists(st.integers(0, 3), max_size=40))
     pushes = [(to_annexb([nal]), pts[i % len(pts)] if pts else 0) for i, nal in enumerate(nals)]
     flushes = data.draw(st.lists(st.booleans(), min_size=len(pushes), max_size=len(pushes)))
-    check_run(AccessUnitAssembler(), pushes, flushes)
+    check_run(codec, pushes, flushes)
 
 
+@CODECS
 @FAST
 @given(st.binary(max_size=200))
-def test_garbage_extradata_raises_h264error_only(extradata: bytes) -> None:
-    from cxrelay.h264 import H264Error, parse_extradata
-
+def test_garbage_extradata_raises_the_codec_error_only(codec: Codec, extradata: bytes) -> None:
     try:
-        parse_extradata(extradata)
-        AccessUnitAssembler(extradata)
-    except H264Error:
+        codec.parse_extradata(extradata)
+        codec.assembler(extradata)
+    except codec.error:
         pass
 
 
 # --- damaged real streams -------------------------------------------------------------------------
 
-window = st.tuples(st.sampled_from(STREAMS), st.integers(0, 40), st.integers(1, 12))
+window = st.tuples(st.integers(0, 5), st.integers(0, 40), st.integers(1, 12))
 
 
-def nal_pushes(name: str, start: int, count: int) -> list[tuple[bytes, int]]:
-    aus = window_of(name, start, count)
+def nal_pushes(codec: Codec, where: tuple[int, int, int]) -> list[tuple[bytes, int]]:
+    aus = window_of(codec, *where)
     return [(to_annexb([nal]), pts) for pts, nals in aus for nal in nals]
 
 
+@CODECS
 @FAST
 @given(window, st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=20),
        st.data())
-def test_mutated_streams_never_raise(where: tuple[str, int, int],
+def test_mutated_streams_never_raise(codec: Codec, where: tuple[int, int, int],
                                      mutations: list[tuple[int, int]],
                                      data: st.DataObject) -> None:
-    pushes = nal_pushes(*where)
+    pushes = nal_pushes(codec, where)
     for position, value in mutations:
         index = position % len(pushes)
         nal, pts = pushes[index]
         at = position % len(nal)
         pushes[index] = (nal[:at] + bytes([value]) + nal[at + 1:], pts)
     flushes = data.draw(st.lists(st.booleans(), min_size=len(pushes), max_size=len(pushes)))
-    check_run(AccessUnitAssembler(), pushes, flushes)
+    check_run(codec, pushes, flushes)
 
 
+@CODECS
 @FAST
 @given(window, st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 2)), max_size=12),
        st.data())
-def test_truncated_dropped_and_repeated_nal_units(where: tuple[str, int, int],
+def test_truncated_dropped_and_repeated_nal_units(codec: Codec, where: tuple[int, int, int],
                                                   edits: list[tuple[int, int]],
                                                   data: st.DataObject) -> None:
-    pushes = nal_pushes(*where)
+    pushes = nal_pushes(codec, where)
     for position, edit in edits:
         if not pushes:
             break
@@ -163,52 +197,54 @@ def test_truncated_dropped_and_repeated_nal_units(where: tuple[str, int, int],
         else:  # repeated
             pushes.insert(index, (nal, pts))
     flushes = data.draw(st.lists(st.booleans(), min_size=len(pushes), max_size=len(pushes)))
-    check_run(AccessUnitAssembler(), pushes, flushes)
+    check_run(codec, pushes, flushes)
 
 
+@CODECS
 @FAST
 @given(window, st.lists(st.integers(0, 10**7), max_size=30), st.data())
-def test_streams_cut_anywhere_never_raise(where: tuple[str, int, int], cuts: list[int],
-                                          data: st.DataObject) -> None:
+def test_streams_cut_anywhere_never_raise(codec: Codec, where: tuple[int, int, int],
+                                          cuts: list[int], data: st.DataObject) -> None:
     """Chunks cut at any byte (not at NAL units): pieces without a start code
     are junk, NAL units cut short are damage."""
-    name, start, count = where
-    aus = window_of(name, start, count)
+    aus = window_of(codec, *where)
     stream = b"".join(to_annexb(nals) for _, nals in aus)
     if not stream:
         return
     pieces = chunked(stream, cuts)
     pts = data.draw(st.lists(st.integers(0, 2), min_size=len(pieces), max_size=len(pieces)))
     flushes = data.draw(st.lists(st.booleans(), min_size=len(pieces), max_size=len(pieces)))
-    check_run(AccessUnitAssembler(), list(zip(pieces, pts, strict=True)), flushes)
+    check_run(codec, list(zip(pieces, pts, strict=True)), flushes)
 
 
 # --- clean streams: any grouping, any timer -------------------------------------------------------
 
 
+@CODECS
 @FAST
 @given(window, st.data())
-def test_any_grouping_and_timer_give_the_true_units(where: tuple[str, int, int],
+def test_any_grouping_and_timer_give_the_true_units(codec: Codec, where: tuple[int, int, int],
                                                     data: st.DataObject) -> None:
-    """NAL units grouped at random within each access unit (STAP-A, or whole
-    units), the idle timer firing between pictures or not, SPS/PPS in-band or
-    only in the extradata: the same units."""
-    name, start, count = where
-    aus = window_of(name, start, count)
-    if not any(nal_type(n) == 7 for n in aus[0][1]):
-        # Start at an IDR with its parameter sets in the window, or the
+    """NAL units grouped at random within each access unit (aggregation
+    packets, or whole units), the idle timer firing between pictures or not,
+    parameter sets in-band or only in the extradata: the same units."""
+    aus = window_of(codec, *where)
+    sps = codec.parameter_sets[-2]
+    if not any(codec.nal_type(n) == sps for n in aus[0][1]):
+        # Start at a keyframe with its parameter sets in the window, or the
         # units before it can't be keyframes and the truth would differ.
         first = next((i for i, (_, nals) in enumerate(aus)
-                      if any(nal_type(n) == 7 for n in nals)), None)
+                      if any(codec.nal_type(n) == sps for n in nals)), None)
         if first is None:
             return
         aus = aus[first:]
-    asm = AccessUnitAssembler()
+    asm = codec.assembler()
     sent = aus
     if data.draw(st.booleans()):
-        # x264 puts them first (after the AUD): injection puts them back there.
-        asm.set_extradata(to_annexb(n for n in aus[0][1] if nal_type(n) in (7, 8)))
-        sent = [(pts, [n for n in nals if nal_type(n) not in (7, 8)]) for pts, nals in aus]
+        # Encoders put them first (after the AUD): injection puts them back there.
+        params = codec.parameter_sets
+        asm.set_extradata(to_annexb(n for n in aus[0][1] if codec.nal_type(n) in params))
+        sent = [(pts, [n for n in nals if codec.nal_type(n) not in params]) for pts, nals in aus]
     pushes: list[tuple[bytes, int]] = []
     flushes: list[bool] = []
     for pts, nals in sent:
@@ -223,7 +259,7 @@ def test_any_grouping_and_timer_give_the_true_units(where: tuple[str, int, int],
         flushes[-1] = data.draw(st.booleans())  # the timer fires between pictures, or not
     units = run(asm, pushes, flushes)
     for unit in units:
-        check_unit(unit)
+        check_unit(codec, unit)
     assert [(u.pts_us, u.data) for u in units] == [(pts, to_annexb(nals)) for pts, nals in aus]
 
 
