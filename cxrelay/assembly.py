@@ -10,9 +10,10 @@ headers; this module does the rest the same way for both.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from cxrelay.h264.bits import START_CODE, split_nals
 from cxrelay.ingest import StreamParams
@@ -140,14 +141,18 @@ class PictureAssembler(Generic[S]):
     units is parameter sets put in front of a keyframe that lacks them.
 
     A codec implements ``_dispatch`` (what a NAL unit is, calling the helpers
-    below), ``_nal_type``, and sets ``AUD``, ``VCL`` and ``PARAMETER_SETS``.
+    below), ``_nal_type``, ``_parse_extradata`` and ``_adopt``, and sets
+    ``AUD``, ``VCL``, ``PARAMETER_SETS`` and ``ERROR``.
     """
 
     AUD: ClassVar[int]  # the access unit delimiter's type
     VCL: ClassVar[frozenset[int]]  # types of the NAL units that carry slices
     PARAMETER_SETS: ClassVar[tuple[int, ...]]  # in the order a keyframe needs them
+    ERROR: ClassVar[type[ValueError]]  # what the codec's parsers raise
 
-    def __init__(self) -> None:
+    def __init__(self, extradata: bytes = b"") -> None:
+        """``extradata``: parameter sets from the SDP or container; malformed
+        ones are ignored (in-band parameter sets may still come)."""
         self._cur: Picture[S] | None = None
         # NAL units not yet in a picture: before its first slice, or after the
         # current picture's last slice while it is unclear whether they end
@@ -168,8 +173,18 @@ class PictureAssembler(Generic[S]):
         self.dropped_corrupt = 0
         self.dropped_no_parameter_sets = 0  # keyframes whose parameter sets were never seen
         self.internal_errors = 0  # bugs caught to keep the camera going; should stay 0
+        if extradata:
+            with contextlib.suppress(self.ERROR):
+                self.set_extradata(extradata)
 
     # --- public -----------------------------------------------------------------------------------
+
+    def set_extradata(self, extradata: bytes) -> None:
+        """Adopt the parameter sets of the SDP or container (avcC/hvcC or
+        Annex B). Raises the codec's error if any of it is malformed; nothing
+        is adopted then, and in-band parameter sets still work."""
+        for nal, item in self._parse_extradata(extradata):
+            self._adopt(nal, item)
 
     def push(self, data: bytes, pts_us: int, ingest_us: int) -> list[AccessUnit[S]]:
         """Take Annex B data (one or more NAL units, or a whole access unit);
@@ -244,6 +259,15 @@ class PictureAssembler(Generic[S]):
 
     @staticmethod
     def _nal_type(nal: bytes) -> int:
+        raise NotImplementedError
+
+    def _parse_extradata(self, extradata: bytes) -> list[tuple[bytes, Any]]:
+        """(NAL unit, parsed) of each parameter set in extradata, all parsed
+        before any is adopted. Raises ``ERROR``."""
+        raise NotImplementedError
+
+    def _adopt(self, nal: bytes, item: Any) -> object:
+        """Keep a parsed parameter set."""
         raise NotImplementedError
 
     def _dispatch(self, nal: bytes, pts: int, ingest: int, out: list[AccessUnit[S]]) -> None:

@@ -7,8 +7,6 @@ codec-neutral rest is ``cxrelay.assembly.PictureAssembler``.
 
 from __future__ import annotations
 
-import contextlib
-
 from cxrelay.assembly import AccessUnit as _AccessUnit
 from cxrelay.assembly import PictureAssembler, SliceInfo
 from cxrelay.h264.bits import (
@@ -56,23 +54,16 @@ class AccessUnitAssembler(PictureAssembler[Sps]):
     VCL = VCL_TYPES
     PARAMETER_SETS = (NAL_SPS, NAL_PPS)
 
+    ERROR = H264Error
+
     def __init__(self, extradata: bytes = b"") -> None:
-        super().__init__()
         self._sps: dict[int, Sps] = {}
         self._pps: dict[int, Pps] = {}
         self._sps_nal: dict[int, bytes] = {}
         self._pps_nal: dict[int, bytes] = {}
-        if extradata:
-            # Malformed extradata is ignored: in-band SPS/PPS may still come.
-            with contextlib.suppress(H264Error):
-                self.set_extradata(extradata)
+        super().__init__(extradata)
 
-    def set_extradata(self, extradata: bytes) -> None:
-        """Adopt the SPS/PPS of the SDP or container (avcC or Annex B).
-
-        Raises H264Error if any of it is malformed; nothing is adopted then,
-        and in-band parameter sets still work. (The constructor doesn't
-        raise: it ignores malformed extradata.)"""
+    def _parse_extradata(self, extradata: bytes) -> list[tuple[bytes, Sps | Pps]]:
         nals = parse_extradata(extradata)
         sps = dict(self._sps)
         parsed: list[tuple[bytes, Sps | Pps]] = []
@@ -83,8 +74,7 @@ class AccessUnitAssembler(PictureAssembler[Sps]):
                 parsed.append((nal, s))
             else:
                 parsed.append((nal, parse_pps(nal, sps)))
-        for nal, item in parsed:
-            self._adopt(nal, item)
+        return parsed
 
     # --- NAL units --------------------------------------------------------------------------------
 

@@ -7,8 +7,6 @@ sets. The codec-neutral rest is ``cxrelay.assembly.PictureAssembler``.
 
 from __future__ import annotations
 
-import contextlib
-
 from cxrelay.assembly import AccessUnit as _AccessUnit
 from cxrelay.assembly import PictureAssembler, SliceInfo
 from cxrelay.h265.hvcc import parse_extradata
@@ -57,26 +55,17 @@ class AccessUnitAssembler(PictureAssembler[Sps]):
     VCL = _VCL
     PARAMETER_SETS = (NAL_VPS, NAL_SPS, NAL_PPS)
 
+    ERROR = H265Error
+
     def __init__(self, extradata: bytes = b"") -> None:
-        super().__init__()
         self._vps: dict[int, Vps] = {}
         self._sps: dict[int, Sps] = {}
         self._pps: dict[int, Pps] = {}
         self._nals: dict[int, dict[int, bytes]] = {NAL_VPS: {}, NAL_SPS: {}, NAL_PPS: {}}
-        if extradata:
-            # Malformed extradata is ignored: in-band parameter sets may still come.
-            with contextlib.suppress(H265Error):
-                self.set_extradata(extradata)
+        super().__init__(extradata)
 
-    def set_extradata(self, extradata: bytes) -> None:
-        """Adopt the VPS/SPS/PPS of the SDP or container (hvcC or Annex B).
-
-        Raises H265Error if any of it is malformed; nothing is adopted then,
-        and in-band parameter sets still work. (The constructor doesn't
-        raise: it ignores malformed extradata.)"""
-        parsed = [(nal, _parse(nal)) for nal in parse_extradata(extradata)]
-        for nal, item in parsed:
-            self._adopt(nal, item)
+    def _parse_extradata(self, extradata: bytes) -> list[tuple[bytes, Vps | Sps | Pps]]:
+        return [(nal, _parse(nal)) for nal in parse_extradata(extradata)]
 
     # --- NAL units --------------------------------------------------------------------------------
 

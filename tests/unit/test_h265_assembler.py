@@ -12,7 +12,6 @@ fragments included).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import av
 import pytest
@@ -37,6 +36,7 @@ from cxrelay.h265 import (
 from cxrelay.ingest import Ingest, StreamInfo, StreamParams
 from tests.data.make_h265_bitstreams import parser_units
 from tests.recordings import DATA, recording
+from tests.unit import test_h264
 from tests.unit.test_h264 import Fed, feed, local_joiner, stap_a, whole
 from tests.unit.test_h265_syntax import Bits
 
@@ -49,17 +49,8 @@ PARAMETER_SETS = (NAL_VPS, NAL_SPS, NAL_PPS)
 LEARNING = 2
 
 
-@dataclass
-class Au:
+class Au(test_h264.Au):
     """One true access unit."""
-
-    pts: int
-    nals: list[bytes]
-    keyframe: bool
-
-    @property
-    def data(self) -> bytes:
-        return to_annexb(self.nals)
 
     @property
     def last_vcl(self) -> int:
