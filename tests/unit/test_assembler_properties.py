@@ -227,8 +227,12 @@ def test_any_grouping_and_timer_give_the_true_units(codec: Codec, where: tuple[i
                                                     data: st.DataObject) -> None:
     """NAL units grouped at random within each access unit (aggregation
     packets, or whole units), the idle timer firing between pictures or not,
-    parameter sets in-band or only in the extradata: the same units."""
-    aus = window_of(codec, *where)
+    parameter sets in-band or only in the extradata: the same units.
+
+    One unit more than the window is sent: a unit with fewer slices than the
+    learned layout is held until the next one shows whether slices were lost."""
+    index, start, count = where
+    aus = window_of(codec, index, start, count + 1)
     sps = codec.parameter_sets[-2]
     if not any(codec.nal_type(n) == sps for n in aus[0][1]):
         # Start at a keyframe with its parameter sets in the window, or the
@@ -260,7 +264,9 @@ def test_any_grouping_and_timer_give_the_true_units(codec: Codec, where: tuple[i
     units = run(asm, pushes, flushes)
     for unit in units:
         check_unit(codec, unit)
-    assert [(u.pts_us, u.data) for u in units] == [(pts, to_annexb(nals)) for pts, nals in aus]
+    truth = [(pts, to_annexb(nals)) for pts, nals in aus]
+    got = [(u.pts_us, u.data) for u in units]
+    assert got[:len(truth) - 1] == truth[:-1] and len(got) >= len(truth) - 1
 
 
 # --- Annex B and RBSP round trips -----------------------------------------------------------------
