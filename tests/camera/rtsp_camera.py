@@ -1,14 +1,15 @@
 #!/usr/bin/python3
-"""A live H.264 RTSP test camera built on GStreamer's gst-rtsp-server.
+"""A live H.264 or H.265 RTSP test camera built on GStreamer's gst-rtsp-server.
 
 Run it with Debian's /usr/bin/python3 (it has the gi bindings):
 
     /usr/bin/python3 tests/camera/rtsp_camera.py --port 0 --path /cam --stamp
 
-One x264 encoder runs for the whole life of the process (a real camera does not restart
-its encoder per viewer); its access units are pushed into the appsrc of one SHARED
-RTSP media. Going through Python between encoder and payloader lets the camera
-stamp every unit (--stamp) and move SPS/PPS into the SDP only (--params sdp).
+One encoder (x264, or x265 with --codec h265) runs for the whole life of the process (a
+real camera does not restart its encoder per viewer); its access units are pushed into
+the appsrc of one SHARED RTSP media. Going through Python between encoder and payloader
+lets the camera stamp every unit (--stamp) and move the parameter sets (SPS/PPS, and
+H.265's VPS) into the SDP only (--params sdp).
 
 Once listening it prints exactly one line, ``READY rtsp://127.0.0.1:PORT/PATH``.
 """
@@ -22,6 +23,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,17 +38,44 @@ gi.require_version("GstVideo", "1.0")
 from gi.repository import GLib, Gst, GstBase, GstRtsp, GstRtspServer, GstVideo  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stamp import draw_counter, iter_annexb, make_stamp_sei, nal_type  # noqa: E402
+from stamp import (  # noqa: E402
+    draw_counter,
+    h265_nal_type,
+    is_slice,
+    iter_annexb,
+    make_stamp_sei,
+    nal_type,
+    unescape_rbsp,
+)
 
-NAL_IDR = 5
-NAL_SPS = 7
-NAL_PPS = 8
 START_CODE = b"\x00\x00\x00\x01"
+
+
+@dataclass(frozen=True)
+class Codec:
+    """What the camera needs to know of a codec's bitstream and GStreamer elements."""
+
+    name: str
+    caps: str  # GStreamer media type
+    payloader: str
+    packed: str  # stream-format of length-prefixed units with codec_data
+    nal_type: Callable[[bytes], int]
+    keyframes: frozenset[int]  # slice types a decoder can start at
+    parameter_sets: tuple[int, ...]  # in the order a decoder needs them
+
+
+H264 = Codec("h264", "video/x-h264", "rtph264pay", "avc", nal_type, frozenset({5}), (7, 8))
+# IRAP pictures: BLA, IDR, CRA; VPS, SPS, PPS.
+H265 = Codec("h265", "video/x-h265", "rtph265pay", "hvc1", h265_nal_type,
+             frozenset(range(16, 22)), (32, 33, 34))
+CODECS = {codec.name: codec for codec in (H264, H265)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--codec", choices=sorted(CODECS), default="h264",
+                        help="h264 (x264enc, rtph264pay) or h265 (x265enc, rtph265pay)")
     parser.add_argument("--path", default="/cam", help="mount point, e.g. /cam")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=360)
@@ -59,16 +88,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--params",
         choices=("inband", "sdp"),
         default="inband",
-        help="inband: SPS/PPS before every IDR; sdp: SPS/PPS in the SDP only",
+        help="inband: parameter sets before every keyframe (and in the SDP); sdp: in the "
+        "SDP only",
     )
     parser.add_argument(
         "--aggregate",
         choices=("none", "zero-latency", "max"),
         default="none",
-        help="rtph264pay STAP-A aggregation; none (one NAL unit per packet) is what "
+        help="STAP-A (H.264) or AP (H.265) aggregation; none (one NAL unit per packet) is what "
         "most real cameras do",
     )
-    parser.add_argument("--mtu", type=int, default=1400, help="RTP packet size (FU-A above)")
+    parser.add_argument("--mtu", type=int, default=1400, help="RTP packet size (FU-A/FU above)")
     parser.add_argument("--stamp", action="store_true", help="stamp SEI in every access unit")
     parser.add_argument(
         "--draw-counter",
@@ -99,17 +129,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def encoder_description(args: argparse.Namespace) -> str:
-    """The producer pipeline: live test pattern -> x264 -> appsink, one unit per buffer."""
+    """The producer pipeline: live test pattern -> encoder -> appsink, one unit per buffer."""
     options = ["scenecut=0", f"slices={args.slices}"]
-    if args.bframes > 0:
+    if args.codec == "h265":
+        # x265 writes its parameter sets before the first picture only, unless asked.
+        # Closed GOPs (IDR keyframes), as cameras send.
+        options += ["repeat-headers=1", "open-gop=0"]
+        if args.bframes > 0:
+            options += [f"bframes={args.bframes}", "b-adapt=0", "frame-threads=1"]
+            encoder = "x265enc speed-preset=ultrafast"
+        else:
+            encoder = "x265enc tune=zerolatency speed-preset=ultrafast"
+    elif args.bframes > 0:
         # zerolatency forbids B-frames; frame threads would add yet more delay.
-        x264 = (
+        encoder = (
             f"x264enc speed-preset=ultrafast bframes={args.bframes} b-adapt=false "
             f"threads=1 sliced-threads=false"
         )
     else:
         # Sliced threads give exactly `threads` slices: make that the asked number.
-        x264 = (
+        encoder = (
             f"x264enc tune=zerolatency speed-preset=ultrafast "
             f"threads={args.slices} sliced-threads=true"
         )
@@ -118,9 +157,9 @@ def encoder_description(args: argparse.Namespace) -> str:
         f"video/x-raw,format=I420,width={args.width},height={args.height},"
         f"framerate={args.fps}/1 ! "
         f"{'overlaycomposition name=counter ! ' if args.draw_counter else ''}"
-        f"{x264} key-int-max={args.gop} bitrate={args.bitrate} "
+        f"{encoder} key-int-max={args.gop} bitrate={args.bitrate} "
         f'option-string="{":".join(options)}" name=encoder ! '
-        f"video/x-h264,stream-format=byte-stream,alignment=au ! "
+        f"{CODECS[args.codec].caps},stream-format=byte-stream,alignment=au ! "
         f"appsink name=sink sync=false max-buffers=4 drop=false emit-signals=false"
     )
 
@@ -130,8 +169,10 @@ def media_description(args: argparse.Namespace) -> str:
     return (
         "( appsrc name=src is-live=true format=time do-timestamp=false "
         "max-bytes=0 max-buffers=100 block=false "
-        # config-interval=0: never re-insert SPS/PPS; in sdp mode they must stay out of band.
-        f"! rtph264pay name=pay0 pt=96 config-interval=0 aggregate-mode={args.aggregate} "
+        # config-interval=0: never re-insert parameter sets; in sdp mode they must stay
+        # out of band. In inband mode the payloader copies them into the SDP as well.
+        f"! {CODECS[args.codec].payloader} name=pay0 pt=96 config-interval=0 "
+        f"aggregate-mode={args.aggregate} "
         f"mtu={args.mtu} )"
     )
 
@@ -146,6 +187,24 @@ def avcc_from(sps: bytes, pps: bytes) -> bytes:
         + struct.pack(">H", len(pps))
         + pps
     )
+
+
+def hvcc_from(vps: bytes, sps: bytes, pps: bytes) -> bytes:
+    """An HEVCDecoderConfigurationRecord (hvcC) with one VPS, SPS and PPS, for this
+    camera's 8-bit 4:2:0 video. The general profile, tier and level are the SPS's own
+    twelve bytes, byte-aligned right after its first (ISO/IEC 14496-15 8.3.3.1)."""
+    rbsp = unescape_rbsp(sps[2:])
+    sub_layers = ((rbsp[0] >> 1) & 7) + 1
+    nested = rbsp[0] & 1
+    record = (
+        bytes([1]) + rbsp[1:13]
+        # min_spatial_segmentation 0, parallelism unknown, 4:2:0, 8-bit, no frame rate
+        + bytes([0xF0, 0x00, 0xFC, 0xFD, 0xF8, 0xF8, 0x00, 0x00])
+        + bytes([(sub_layers << 3) | (nested << 2) | 3, 3])  # 4-byte lengths; 3 arrays
+    )
+    for kind, nal in ((32, vps), (33, sps), (34, pps)):
+        record += bytes([0x80 | kind]) + struct.pack(">HH", 1, len(nal)) + nal
+    return record
 
 
 @dataclass
@@ -165,8 +224,7 @@ class Camera:
     lock: threading.Lock = field(default_factory=threading.Lock)
     counter: int = 0
     drawn: int = 0  # pictures numbered by --draw-counter
-    sps: bytes | None = None
-    pps: bytes | None = None
+    params: dict[int, bytes] = field(default_factory=dict)  # the first of each kind
     first_unit: threading.Event = field(default_factory=threading.Event)
     producer: Any = None
     failed: bool = False
@@ -221,7 +279,8 @@ class Camera:
             nals = list(iter_annexb(bytes(info.data)))
         finally:
             inbuf.unmap(info)
-        keyframe = any(nal_type(n) == NAL_IDR for n in nals)
+        codec = CODECS[self.args.codec]
+        keyframe = any(codec.nal_type(n) in codec.keyframes for n in nals)
         self.remember_parameter_sets(nals)
         self.counter += 1
         if keyframe:
@@ -234,11 +293,11 @@ class Camera:
         return Gst.FlowReturn.OK
 
     def remember_parameter_sets(self, nals: list[bytes]) -> None:
+        codec = CODECS[self.args.codec]
         for nal in nals:
-            if nal_type(nal) == NAL_SPS and self.sps is None:
-                self.sps = nal
-            elif nal_type(nal) == NAL_PPS and self.pps is None:
-                self.pps = nal
+            kind = codec.nal_type(nal)
+            if kind in codec.parameter_sets:
+                self.params.setdefault(kind, nal)
 
     def push(self, feed: Feed, nals: list[bytes], keyframe: bool, inbuf: Gst.Buffer) -> None:
         if feed.appsrc.get_clock() is None:
@@ -259,13 +318,15 @@ class Camera:
 
     def serialize(self, nals: list[bytes]) -> bytes:
         """The unit as the payloader gets it; the stamp is taken last, right before the push."""
+        codec = CODECS[self.args.codec]
         sdp_only = self.args.params == "sdp"
         if sdp_only:
-            nals = [n for n in nals if nal_type(n) not in (NAL_SPS, NAL_PPS)]
-        first_vcl = next((i for i, n in enumerate(nals) if 1 <= nal_type(n) <= 5), len(nals))
+            nals = [n for n in nals if codec.nal_type(n) not in codec.parameter_sets]
+        first_vcl = next((i for i, n in enumerate(nals) if is_slice(n, codec.name)), len(nals))
         before, after = nals[:first_vcl], nals[first_vcl:]
         if self.args.stamp:
-            before = [*before, make_stamp_sei(time.time_ns() // 1000, self.counter)]
+            stamp = make_stamp_sei(time.time_ns() // 1000, self.counter, codec.name)
+            before = [*before, stamp]
         if sdp_only:
             return b"".join(struct.pack(">I", len(n)) + n for n in before + after)
         return b"".join(START_CODE + n for n in before + after)
@@ -286,14 +347,16 @@ class Camera:
 
     def appsrc_caps(self) -> Gst.Caps:
         args = self.args
+        codec = CODECS[args.codec]
         common = f"width={args.width},height={args.height},framerate={args.fps}/1"
         if args.params == "sdp":
-            assert self.sps is not None and self.pps is not None
-            caps = Gst.Caps.from_string(f"video/x-h264,stream-format=avc,alignment=au,{common}")
-            codec_data = Gst.Buffer.new_wrapped(avcc_from(self.sps, self.pps))
-            caps.set_value("codec_data", codec_data)
+            params = [self.params[kind] for kind in codec.parameter_sets]
+            caps = Gst.Caps.from_string(
+                f"{codec.caps},stream-format={codec.packed},alignment=au,{common}")
+            record = hvcc_from(*params) if codec is H265 else avcc_from(*params)
+            caps.set_value("codec_data", Gst.Buffer.new_wrapped(record))
             return caps
-        return Gst.Caps.from_string(f"video/x-h264,stream-format=byte-stream,alignment=au,{common}")
+        return Gst.Caps.from_string(f"{codec.caps},stream-format=byte-stream,alignment=au,{common}")
 
     def on_media_configure(self, _factory: Any, media: GstRtspServer.RTSPMedia) -> None:
         appsrc = media.get_element().get_by_name_recurse_up("src")

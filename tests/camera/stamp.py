@@ -21,6 +21,10 @@ STAMP_UUID: bytes = uuid.UUID("6378726c-6179-4a73-8c74-616d70536549").bytes
 """16-byte user_data_unregistered UUID that marks a stamp SEI (a fixed, random-looking v4)."""
 
 NAL_SEI = 6
+# The stamp's NAL unit header: H.264 SEI (nal_ref_idc 0), H.265 prefix SEI (layer 0,
+# temporal id 0). One H.264 NAL unit could start 4E 01: a prefix NAL unit (type 14) of
+# scalable video, which no camera here sends.
+_SEI_HEADER = {"h264": bytes([NAL_SEI]), "h265": b"\x4e\x01"}
 SEI_USER_DATA_UNREGISTERED = 5
 _PAYLOAD = struct.Struct(">QQ")
 _PAYLOAD_SIZE = len(STAMP_UUID) + _PAYLOAD.size
@@ -54,15 +58,16 @@ def unescape_rbsp(ebsp: bytes) -> bytes:
     return bytes(out)
 
 
-def make_stamp_sei(wall_us: int, counter: int) -> bytes:
-    """An SEI NAL unit (no start code) holding one user_data_unregistered stamp message."""
+def make_stamp_sei(wall_us: int, counter: int, codec: str = "h264") -> bytes:
+    """An SEI NAL unit (no start code) holding one user_data_unregistered stamp message:
+    H.264's SEI, or H.265's prefix SEI (the same message syntax behind a two-byte header)."""
     rbsp = (
         bytes([SEI_USER_DATA_UNREGISTERED, _PAYLOAD_SIZE])
         + STAMP_UUID
         + _PAYLOAD.pack(wall_us & 0xFFFF_FFFF_FFFF_FFFF, counter & 0xFFFF_FFFF_FFFF_FFFF)
         + b"\x80"  # rbsp_trailing_bits
     )
-    return bytes([NAL_SEI]) + escape_rbsp(rbsp)
+    return _SEI_HEADER[codec] + escape_rbsp(rbsp)
 
 
 def iter_annexb(data: bytes) -> Iterator[bytes]:
@@ -91,8 +96,18 @@ def iter_annexb(data: bytes) -> Iterator[bytes]:
 
 
 def nal_type(nal: bytes) -> int:
-    """nal_unit_type of a NAL unit (0 for an empty one)."""
+    """nal_unit_type of an H.264 NAL unit (0 for an empty one)."""
     return nal[0] & 0x1F if nal else 0
+
+
+def h265_nal_type(nal: bytes) -> int:
+    """nal_unit_type of an H.265 NAL unit (63, unspecified, for an empty one)."""
+    return (nal[0] >> 1) & 0x3F if nal else 63
+
+
+def is_slice(nal: bytes, codec: str = "h264") -> bool:
+    """A coded slice (a VCL NAL unit): H.264 types 1-5, H.265 types 0-31."""
+    return 1 <= nal_type(nal) <= 5 if codec == "h264" else h265_nal_type(nal) < 32
 
 
 def _ff_coded(rbsp: bytes, pos: int) -> tuple[int, int] | None:
@@ -125,9 +140,10 @@ def _sei_messages(rbsp: bytes) -> Iterator[tuple[int, bytes]]:
 
 def stamp_of_nal(nal: bytes) -> tuple[int, int] | None:
     """(wall_us, counter) if this NAL unit is a stamp SEI, else None."""
-    if nal_type(nal) != NAL_SEI or STAMP_UUID[:4] not in nal:
+    header = next((h for h in _SEI_HEADER.values() if nal.startswith(h)), None)
+    if header is None or STAMP_UUID[:4] not in nal:
         return None
-    for payload_type, payload in _sei_messages(unescape_rbsp(nal[1:])):
+    for payload_type, payload in _sei_messages(unescape_rbsp(nal[len(header):])):
         if (
             payload_type == SEI_USER_DATA_UNREGISTERED
             and len(payload) >= _PAYLOAD_SIZE
@@ -157,9 +173,9 @@ def find_stamp(access_unit_annexb: bytes) -> tuple[int, int] | None:
     return None
 
 
-def count_slices(access_unit_annexb: bytes) -> int:
-    """Number of VCL NAL units (coded slices, types 1-5) in an Annex B byte string."""
-    return sum(1 for nal in iter_annexb(access_unit_annexb) if 1 <= nal_type(nal) <= 5)
+def count_slices(access_unit_annexb: bytes, codec: str = "h264") -> int:
+    """Number of VCL NAL units (coded slices) in an Annex B byte string."""
+    return sum(1 for nal in iter_annexb(access_unit_annexb) if is_slice(nal, codec))
 
 
 # --- the counter drawn into the picture ----------------------------------------------------
