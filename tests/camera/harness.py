@@ -51,7 +51,8 @@ def camera_argv(options: dict[str, object]) -> list[str]:
 
 
 class RtspCamera:
-    """A live H.264 RTSP camera; keyword options are rtsp_camera.py's CLI options."""
+    """A live H.264 (or, with codec="h265", H.265) RTSP camera; keyword options are
+    rtsp_camera.py's CLI options."""
 
     def __init__(self, **options: object) -> None:
         options.setdefault("port", 0)
