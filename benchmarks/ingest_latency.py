@@ -9,11 +9,16 @@ reader after the other, for --seconds each:
   c  PyAV with fflags=+noparse+nofillin (RTP payloads as they come; a unit is in hand
      when the last packet of its picture has arrived)
   d  cxrelay's WebSocket output (`python3 -m cxrelay serve`), one viewer
+     (d' and d": the ingest time in each message's header against the stamp, and
+     the relay's own part: message in hand - ingest time; d also the relay's CPU)
+  e  the same from another checkout of cxrelay (--baseline DIR): before/after in one run
 
 Each sample is (wall clock when the unit is in hand) - (wall clock the camera wrote into
 the unit's stamp SEI just before payloading it). Prints a Markdown table, or --json.
 
     .venv/bin/python benchmarks/ingest_latency.py --seconds 20
+    git archive main | tar -x -C /tmp/base    # then, interleaved:
+    .venv/bin/python benchmarks/ingest_latency.py --baseline /tmp/base --rows dede
 
 A benchmark, not a test: numbers depend on the machine and its load.
 """
@@ -42,6 +47,7 @@ from tests.support import free_port  # noqa: E402
 SYSTEM_PYTHON = "/usr/bin/python3"
 WS_HEADER = 17
 ROWS = "abcd"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def now_us() -> int:
@@ -87,6 +93,12 @@ class Recorder:
             self.split += 1
         self.delays_us.append(arrival_us - stamps[0][0])
 
+    def delay(self, delay_us: int) -> None:
+        """A delay measured some other way (not against the camera's stamp)."""
+        if not self.warming_up():
+            self.units += 1
+            self.delays_us.append(delay_us)
+
     def assembled(self, arrival_us: int, data: bytes, pieces: int) -> None:
         """A unit the reader put together from `pieces` packets; in hand at arrival_us."""
         if self.warming_up():
@@ -110,6 +122,8 @@ class Row:
     split: int = 0
     merged: int = 0
     error: str | None = None
+    cpu_pct: float | None = None  # the relay's CPU (user + system) while read, % of one core
+    whole_units: bool = True  # its samples are units (for the split/merged table)
 
     @classmethod
     def of(cls, reader: str, recorder: Recorder) -> Row:
@@ -275,12 +289,14 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float) 
     return f"not listening after {timeout:.0f} s"
 
 
-async def read_relay(port: int, args: argparse.Namespace) -> tuple[Recorder, Recorder]:
-    """Per binary message: (arrival - stamp), and (header ingest time - stamp)."""
+async def read_relay(port: int, args: argparse.Namespace) -> tuple[Recorder, ...]:
+    """Per binary message: (arrival - stamp), (header ingest time - stamp), and
+    (arrival - header ingest time): the relay's own part, camera and network aside."""
     from websockets.asyncio.client import connect
 
     delivered = Recorder(args.slices, args.warmup)
     ingested = Recorder(args.slices, args.warmup)
+    relayed = Recorder(args.slices, args.warmup)
     async with connect(f"ws://127.0.0.1:{port}/ws/bench", max_size=None) as ws:
         deadline: float | None = None
         while deadline is None or time.monotonic() < deadline:
@@ -301,11 +317,26 @@ async def read_relay(port: int, args: argparse.Namespace) -> tuple[Recorder, Rec
             unit = message[WS_HEADER:]
             delivered.unit(arrival, unit)
             ingested.unit(ingest_us, unit)
-    return delivered, ingested
+            relayed.delay(arrival - ingest_us)
+    return delivered, ingested, relayed
 
 
-def run_cxrelay(url: str, args: argparse.Namespace) -> list[Row]:
-    name = "d. cxrelay WebSocket (message in hand)"
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def run_baseline(url: str, args: argparse.Namespace) -> list[Row]:
+    if not args.baseline:
+        return [Row("e. baseline", error="no --baseline DIR given")]
+    return run_cxrelay(url, args, Path(args.baseline), "e", " [baseline]")
+
+
+def run_cxrelay(url: str, args: argparse.Namespace, root: Path = ROOT, key: str = "d",
+                label: str = "") -> list[Row]:
+    """`python3 -m cxrelay` run in ``root``: that checkout's cxrelay package."""
+    name = f"{key}. cxrelay WebSocket (message in hand){label}"
     port = free_port()
     command = [
         sys.executable, "-m", "cxrelay", "serve", "--camera", f"bench={url}",
@@ -313,18 +344,26 @@ def run_cxrelay(url: str, args: argparse.Namespace) -> list[Row]:
     ]  # fmt: skip
     with open(os.devnull, "wb") as devnull:
         process = subprocess.Popen(
-            command, cwd=ROOT, stdout=devnull, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+            command, cwd=root, stdout=devnull, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
         )
     try:
         problem = wait_listening(port, process, timeout=20)
         if problem is not None:
             return [Row(name, error=f"cxrelay not runnable: {problem}{tail(process)}")]
         try:
-            delivered, ingested = asyncio.run(read_relay(port, args))
+            cpu, started = cpu_seconds(process.pid), time.monotonic()
+            delivered, ingested, relayed = asyncio.run(read_relay(port, args))
+            cpu_pct = 100 * (cpu_seconds(process.pid) - cpu) / (time.monotonic() - started)
         except Exception as exc:
             return [Row(name, error=f"cxrelay: {type(exc).__name__}: {exc}")]
-        ingest_row = Row.of("d'. cxrelay ingest time in the header (no network hop)", ingested)
-        return [Row.of(name, delivered), ingest_row]
+        ingest_row = Row.of(
+            f"{key}'. cxrelay ingest time in the header (no network hop){label}", ingested)
+        relay_row = Row.of(
+            f"{key}\". cxrelay's own part: message in hand - ingest time{label}", relayed)
+        relay_row.whole_units = False
+        row = Row.of(name, delivered)
+        row.cpu_pct = round(cpu_pct, 2)
+        return [row, ingest_row, relay_row]
     finally:
         if process.poll() is None:
             process.terminate()
@@ -353,16 +392,16 @@ def markdown(rows: list[Row], args: argparse.Namespace) -> str:
         f"stamped; {args.seconds:g} s per reader after {args.warmup:g} s warm-up. "
         f"One frame = {1000 / args.fps:.0f} ms.",
         "",
-        "| reader | p50 ms | p90 ms | p99 ms | samples |",
-        "|---|---:|---:|---:|---:|",
+        "| reader | p50 ms | p90 ms | p99 ms | samples | relay CPU % |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         if row.error:
-            lines.append(f"| {row.reader} | - | - | - | {row.error} |")
+            lines.append(f"| {row.reader} | - | - | - | {row.error} | |")
         else:
-            lines.append(
-                f"| {row.reader} | {row.p50_ms} | {row.p90_ms} | {row.p99_ms} | {row.samples} |"
-            )
+            cpu = "" if row.cpu_pct is None else row.cpu_pct
+            lines.append(f"| {row.reader} | {row.p50_ms} | {row.p90_ms} | {row.p99_ms} "
+                         f"| {row.samples} | {cpu} |")
     lines += ["", "Units split in two (a stamped unit arriving as more than one packet/message):"]
     lines += [
         "",
@@ -370,7 +409,7 @@ def markdown(rows: list[Row], args: argparse.Namespace) -> str:
         "|---|---:|---:|---:|",
     ]
     for row in rows:
-        if not row.error:
+        if not row.error and row.whole_units:
             lines.append(f"| {row.reader} | {row.split} | {row.merged} | {row.samples} |")
     return "\n".join(lines)
 
@@ -383,7 +422,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slices", type=int, default=2)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=360)
-    parser.add_argument("--rows", default=ROWS, help="which readers, e.g. abc")
+    parser.add_argument("--rows", default=ROWS, help="which readers, in order, e.g. abc or dede")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="another checkout of cxrelay for row e (e.g. from git archive)")
     parser.add_argument("--json", action="store_true", help="JSON instead of Markdown")
     parser.add_argument("--gst-client", metavar="URL", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -401,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         "b": run_pyav_default,
         "c": run_pyav_noparse,
         "d": run_cxrelay,
+        "e": run_baseline,
     }
     rows: list[Row] = []
     camera_options = {"width": args.width, "height": args.height, "fps": args.fps}

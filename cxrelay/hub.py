@@ -1,8 +1,9 @@
 """One hub per camera: one upstream connection shared by all its viewers.
 
-The hub runs entirely on the event loop. Its source thread hands it packets;
-its ``Ingest`` turns them into whole pictures; the hub keeps the GOP cache and
-fans frames out to each viewer's bounded backlog. It never awaits a viewer.
+The hub runs entirely on the event loop. Its source thread hands it whole
+pictures (its ``Ingest`` rejoins and assembles them there); the hub keeps the
+GOP cache and fans frames out to each viewer's bounded backlog. It never
+awaits a viewer.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import structlog
 from cxrelay.backlog import Backlog, BacklogLimits
 from cxrelay.config import CameraConfig
 from cxrelay.gop import GopCache
-from cxrelay.ingest import IDLE_FLUSH_US, AccessUnit, Ingest, IngestResult, StreamParams
+from cxrelay.ingest import AccessUnit, IngestResult, StreamParams
 from cxrelay.metrics import Metrics
 from cxrelay.protocol import (
     FLAG_DISCONTINUITY,
@@ -107,14 +108,12 @@ class CameraHub:
         self._source_factory = source_factory
         self._source: Source | None = None
         self._retired: list[Source] = []
-        self._ingest: Ingest | None = None  # the connected stream's
         self._gop = GopCache(camera.gop_cache_bytes)
         self._init: str | None = None
         self._stream_key: tuple[str, int, int] | None = None
         self._need_init = True
         self._connections = 0
         self._failing_reason: str | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
         self._last_keyframe_us: int | None = None
         self._rate = RateMeter()
@@ -149,7 +148,6 @@ class CameraHub:
             # Kept until its thread ends (close() waits for them); an on-demand
             # camera stops and starts for months, so forget the finished ones.
             self._retired = [s for s in self._retired if s.running] + [source]
-        self._cancel_idle()
         self._reset_stream()
 
     async def close(self, code: int, reason: str) -> None:
@@ -232,7 +230,6 @@ class CameraHub:
             viewer.send_text(message)
 
     def _reset_stream(self) -> None:
-        self._ingest = None
         self._gop.clear()
         self._need_init = True
         self._rate.clear()
@@ -264,7 +261,6 @@ class CameraHub:
         if source is not self._source:
             return
         self._reset_stream()
-        self._ingest = Ingest(info)
         self._connections += 1
         details = {"transport": info.transport} if info.transport else {}
         if self._failing_reason is not None or self._connections > 1:
@@ -284,23 +280,12 @@ class CameraHub:
             self.log.debug("camera still failing", reason=reason)
         self._failing_reason = reason
         self.last_error = reason
-        self._cancel_idle()
         self._reset_stream()
         self._set_state(CameraState.OFFLINE, reason)
 
-    def source_packet(self, source: Source, data: bytes, pts_us: int, ingest_us: int) -> None:
-        if source is not self._source or self._ingest is None:
+    def source_pictures(self, source: Source, result: IngestResult) -> None:
+        if source is not self._source:
             return
-        self._deliver(self._ingest.push(data, pts_us, ingest_us))
-
-    # --- assembly -------------------------------------------------------------------------------
-
-    def _deliver(self, result: IngestResult) -> None:
-        self._cancel_idle()
-        if result.deadline_us is not None:
-            # Set by the push just taken, so it is IDLE_FLUSH_US from now.
-            self._idle_timer = self.loop.call_later(
-                IDLE_FLUSH_US / 1e6, self._idle_expired, result.deadline_us)
         for index, unit in enumerate(result.frames):
             params = result.inits.get(index)
             if params is not None:
@@ -308,16 +293,6 @@ class CameraHub:
             self._publish(unit)
         if result.drops:
             self._count_drops(result.drops)
-
-    def _cancel_idle(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-
-    def _idle_expired(self, deadline_us: int) -> None:
-        self._idle_timer = None
-        if self._ingest is not None:
-            self._deliver(self._ingest.flush(deadline_us))
 
     def _count_drops(self, drops: dict[str, int]) -> None:
         """Pictures the assembler refused (lost packets, garbage) into the metrics."""

@@ -1,9 +1,20 @@
 """What every source shares: a thread of its own, a reconnect loop with backoff,
-and a thread-safe hand-off of packets to the event loop.
+the stream's ``Ingest`` run in that thread, and a thread-safe hand-off of whole
+pictures to the event loop.
 
 PyAV's blocking reads release the GIL, so one thread per camera costs little
-and never stalls the event loop. The thread only ever talks to the loop
-through ``loop.call_soon_threadsafe``; the sink's methods run on the loop.
+and never stalls the event loop. The thread rejoins fragments and assembles
+access units itself, so the loop is woken once per picture, not once per RTP
+packet. The thread only ever talks to the loop through
+``loop.call_soon_threadsafe``; the sink's methods run on the loop.
+
+The idle flush (a picture held while the slice layout is unknown, or a
+fragment that may go on) must fire while the thread is blocked in a read,
+which no read timeout can do at a few milliseconds. So it is a loop timer: the
+thread asks for one when a push leaves something waiting and none is set; the
+timer re-arms itself while packets keep moving the deadline, and flushes the
+Ingest under the lock the thread pushes under. Once the layout is known a
+picture leaves with its last slice and no timer is needed.
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ import structlog
 
 from cxrelay.backoff import Backoff
 from cxrelay.config import CameraConfig
-from cxrelay.ingest import StreamInfo
+from cxrelay.ingest import IDLE_FLUSH_US, Ingest, IngestResult, StreamInfo
 from cxrelay.redact import redact_text, url_secrets
 
 log = structlog.get_logger("cxrelay.source")
@@ -37,7 +48,8 @@ class SourceSink(Protocol):
 
     def source_connecting(self, source: Source) -> None: ...
     def source_connected(self, source: Source, info: StreamInfo) -> None: ...
-    def source_packet(self, source: Source, data: bytes, pts_us: int, ingest_us: int) -> None: ...
+    def source_pictures(self, source: Source, result: IngestResult) -> None:
+        """Whole pictures (with any new stream parameters), or drops, or both."""
     def source_failed(self, source: Source, reason: str) -> None: ...
 
 
@@ -49,6 +61,7 @@ class Source:
     """Base class; subclasses implement ``session()`` for one connection."""
 
     kind = "source"
+    idle_us = IDLE_FLUSH_US  # how long a picture may wait for more packets (see Ingest)
 
     def __init__(
         self,
@@ -66,6 +79,14 @@ class Source:
             target=self._run, name=f"cxrelay-{self.kind}-{camera.name}", daemon=True
         )
         self._secrets = url_secrets(camera.url)
+        # The thread pushes into the Ingest and the loop's idle timer flushes
+        # it, both under the lock; each queues what it hands the sink while
+        # holding it, so the sink gets pictures in the order they were made.
+        self._lock = threading.Lock()
+        self._ingest: Ingest | None = None  # the connected stream's
+        self._flush_at: float | None = None  # time.monotonic() of the idle flush
+        self._timer_armed = False  # a timer is set on the loop, or on its way there
+        self._timer: asyncio.TimerHandle | None = None  # touched on the loop only
 
     # --- called from the event loop ---
 
@@ -76,6 +97,9 @@ class Source:
         """Ask the thread to stop. It closes its container itself, at its next
         read or read timeout: closing from here while it reads would crash."""
         self._stopping.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def wait_stopped(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the thread to end; False if it is still
@@ -99,18 +123,76 @@ class Source:
         return self._stopping.wait(seconds)
 
     def emit(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Have the loop call ``callback(self, *args)``."""
+        self._call(callback, self, *args)
+
+    def _call(self, callback: Callable[..., Any], *args: Any) -> None:
         if self._stopping.is_set():
             return
         try:
-            self._loop.call_soon_threadsafe(callback, self, *args)
+            self._loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:  # the loop is closed: we are shutting down
             self._stopping.set()
 
     def connected(self, info: StreamInfo) -> None:
-        self.emit(self._sink.source_connected, info)
+        """A session streams: its packets go to a new Ingest from now on."""
+        with self._lock:
+            self._ingest = Ingest(info, idle_us=self.idle_us)
+            self._flush_at = None
+            self.emit(self._sink.source_connected, info)
 
-    def packet(self, data: bytes, pts_us: int, ingest_us: int) -> None:
-        self.emit(self._sink.source_packet, data, pts_us, ingest_us)
+    def packet(self, data: bytes, pts_us: int, received_us: int) -> None:
+        """One packet as read, and the wall clock (µs) it arrived."""
+        with self._lock:
+            ingest = self._ingest
+            if ingest is None:
+                return
+            result = ingest.push(data, pts_us, received_us)
+            if result.frames or result.drops:
+                self.emit(self._sink.source_pictures, result)
+            if result.deadline_us is None:
+                self._flush_at = None
+                return
+            self._flush_at = time.monotonic() + ingest.idle_us / 1e6
+            if not self._timer_armed:
+                self._timer_armed = True
+                self._call(self._arm_idle_flush)
+
+    def _end_stream(self) -> None:
+        """The session is over: what it left half-assembled is dropped."""
+        with self._lock:
+            self._ingest = None
+            self._flush_at = None
+
+    # --- the idle flush, on the loop ---
+
+    def _arm_idle_flush(self) -> None:
+        with self._lock:
+            flush_at = self._flush_at
+            if flush_at is None or self._stopping.is_set():
+                self._timer_armed = False
+                return
+        self._timer = self._loop.call_later(max(0.0, flush_at - time.monotonic()),
+                                            self._idle_flush)
+
+    def _idle_flush(self) -> None:
+        self._timer = None
+        with self._lock:
+            flush_at, ingest = self._flush_at, self._ingest
+            if flush_at is None or ingest is None or self._stopping.is_set():
+                self._timer_armed = False
+                return
+            wait = flush_at - time.monotonic()
+            if wait > 0:  # packets came meanwhile and moved the deadline
+                self._timer = self._loop.call_later(wait, self._idle_flush)
+                return
+            self._timer_armed = False
+            self._flush_at = None
+            result = ingest.flush()
+            if result.frames or result.drops:
+                # Queued, not called: what the thread queued before this flush
+                # took the lock must reach the sink first.
+                self._loop.call_soon(self._sink.source_pictures, self, result)
 
     def session(self) -> None:
         raise NotImplementedError
@@ -129,6 +211,7 @@ class Source:
                 reason = str(exc)
             except Exception as exc:  # a source must never die: it retries
                 reason = self.describe_error(exc)
+            self._end_stream()
             if self._stopping.is_set():
                 break
             if time.monotonic() - started > HEALTHY_AFTER:

@@ -1,6 +1,6 @@
 """The hub and viewer pump as single pieces: the hub gets a source factory
 that makes fake sources, and the test drives the hub's sink methods as those
-sources would; WebSockets are AsyncMocks."""
+sources would (each with an Ingest of its own); WebSockets are AsyncMocks."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from cxrelay.backlog import BacklogLimits
 from cxrelay.config import CameraConfig
 from cxrelay.h264 import split_annexb
 from cxrelay.hub import CameraHub
+from cxrelay.ingest import Ingest
 from cxrelay.metrics import Metrics
 from cxrelay.protocol import FLAG_CATCHUP, FLAG_KEYFRAME, decode_frame
 from cxrelay.sources import StreamInfo
@@ -29,7 +30,8 @@ def access_units() -> list[bytes]:
 
 
 class FakeSources:
-    """A source factory: each source it makes is a mock, kept for the test."""
+    """A source factory: each source it makes is a mock, kept for the test.
+    ``connect`` and ``feed`` play its thread: an Ingest makes the pictures."""
 
     def __init__(self) -> None:
         self.made: list[MagicMock] = []
@@ -63,17 +65,23 @@ def ws_mock() -> AsyncMock:
     return ws
 
 
+def connect(hub: CameraHub, source: Any) -> None:
+    info = StreamInfo(b"", None, whole_units=True)
+    source.ingest = Ingest(info)  # one per connection, as a real source makes
+    hub.source_connected(source, info)
+
+
 def feed(hub: CameraHub, source: Any, units: list[bytes], start: int = 0) -> None:
     for i, unit in enumerate(units):
         pts = (start + i) * 40_000
-        hub.source_packet(source, unit, pts, 1_000 + pts)
+        hub.source_pictures(source, source.ingest.push(unit, pts, 1_000 + pts))
 
 
 async def test_viewer_joining_mid_gop_gets_init_status_catchup_then_live(
         hub: CameraHub, sources: FakeSources) -> None:
     source = sources.latest
     units = access_units()
-    hub.source_connected(source, StreamInfo(b"", None, whole_units=True))
+    connect(hub, source)
     feed(hub, source, units[:5])
     assert hub.state == "live"
     ws = ws_mock()
@@ -100,14 +108,14 @@ async def test_failure_tells_viewers_and_reconnect_sends_a_new_init(
         hub: CameraHub, sources: FakeSources) -> None:
     source = sources.latest
     units = access_units()
-    hub.source_connected(source, StreamInfo(b"", None, whole_units=True))
+    connect(hub, source)
     feed(hub, source, units[:3])
     viewer = Viewer(ws_mock(), hub.new_backlog(), hub.metrics)
     hub.attach(viewer)
     hub.source_failed(source, "401 Unauthorized")
     hub.source_failed(source, "401 Unauthorized")  # a retry: not news
     assert hub.state == "offline" and hub.last_error == "401 Unauthorized"
-    hub.source_connected(source, StreamInfo(b"", None, whole_units=True))
+    connect(hub, source)
     feed(hub, source, units[1:3], start=100)  # deltas first: nobody can start on those
     feed(hub, source, units[:2], start=200)
     pump = asyncio.ensure_future(viewer.pump())
@@ -145,7 +153,7 @@ async def test_slow_viewer_is_cut_back_without_holding_up_the_hub(
     limits = BacklogLimits(max_delay=3600, max_bytes=32 * 1024)  # ~5 % of what is fed
     assert max(map(len, units)) < limits.max_bytes // 2
     hub.limits = limits
-    hub.source_connected(source, StreamInfo(b"", None, whole_units=True))
+    connect(hub, source)
     stuck = AsyncMock(name="stuck")
 
     async def never(message: object) -> None:
