@@ -142,7 +142,8 @@ class IngestResult:
 
 class Ingest:
     """Packets of one stream in, whole pictures out. Not thread-safe: one
-    caller at a time."""
+    caller at a time (a source's thread pushes, and the loop's idle timer
+    flushes, under the source's lock)."""
 
     def __init__(self, info: StreamInfo, *, idle_us: int = IDLE_FLUSH_US,
                  assembler: Assembler | None = None, from_keyframe: bool = True) -> None:
