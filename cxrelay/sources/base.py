@@ -85,6 +85,9 @@ class Source:
         self._lock = threading.Lock()
         self._ingest: Ingest | None = None  # the connected stream's
         self._flush_at: float | None = None  # time.monotonic() of the idle flush
+        # A camera can stream without end and never send a picture (garbage, another
+        # codec in disguise): past read_timeout without one, the session ends.
+        self._picture_at = 0.0  # time.monotonic() of the session's last whole picture
         self._timer_armed = False  # a timer is set on the loop, or on its way there
         self._timer: asyncio.TimerHandle | None = None  # touched on the loop only
 
@@ -139,6 +142,7 @@ class Source:
         with self._lock:
             self._ingest = Ingest(info, idle_us=self.idle_us)
             self._flush_at = None
+            self._picture_at = time.monotonic()
             self.emit(self._sink.source_connected, info)
 
     def packet(self, data: bytes, pts_us: int, received_us: int) -> None:
@@ -150,6 +154,11 @@ class Source:
             result = ingest.push(data, pts_us, received_us)
             if result.frames or result.drops:
                 self.emit(self._sink.source_pictures, result)
+            if result.frames:
+                self._picture_at = time.monotonic()
+            elif time.monotonic() - self._picture_at > self.camera.read_timeout:
+                raise SourceError(f"no picture in {self.camera.read_timeout:g} s: data "
+                                  "arrives, but none of it is video the relay can read")
             if result.deadline_us is None:
                 self._flush_at = None
                 return
@@ -189,6 +198,8 @@ class Source:
             self._timer_armed = False
             self._flush_at = None
             result = ingest.flush()
+            if result.frames:
+                self._picture_at = time.monotonic()
             if result.frames or result.drops:
                 # Queued, not called: what the thread queued before this flush
                 # took the lock must reach the sink first.

@@ -71,6 +71,8 @@ class FileSource(Source):
                     self._wait_until(started, offset_us + max(send_rel, 0))
                     self.packet(bytes(packet), offset_us + rel_us, now_us())
                     next_us = max(next_us, offset_us + rel_us + frame_us)
+            except SourceError:
+                raise
             except Exception as exc:
                 raise SourceError(describe(exc)) from None
             return next_us
