@@ -165,7 +165,10 @@ class RelayServer:
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request_path(request.path)
         if path.startswith("/ws/"):
-            return self._admit(connection, request, path[4:])
+            refusal = self._admit(connection, request, path[4:])
+            if not _wants_upgrade(request):
+                return _verdict(request, refusal)
+            return refusal
         if path == "/healthz":
             return json_response(self.status())
         if path == "/api/cameras":
@@ -268,3 +271,29 @@ class RelayServer:
             return
         viewer = Viewer(ws, hub.new_backlog(), self.metrics, camera=name)
         await viewer.watch(hub, claims=claims, limiter=self.limiter)
+
+
+def _wants_upgrade(request: Request) -> bool:
+    return "websocket" in request.headers.get("Upgrade", "").lower()
+
+
+def _verdict(request: Request, refusal: Response | None) -> Response:
+    """A plain GET of /ws/<camera>: the verdict its upgrade would get (the same
+    refusal, or 426 when it would be admitted), readable by the page that asks.
+
+    A browser's WebSocket API hides a refused upgrade's status, so the player
+    asks again this way to say why. The checks and their order are the
+    upgrade's, so the answer tells a page nothing its own handshake wouldn't;
+    a page from a refused origin learns only that (and this relay already
+    serves /cxrelay.js to any page)."""
+    response = refusal or text_response(
+        HTTPStatus.UPGRADE_REQUIRED, "admitted: open this URL as a WebSocket")
+    if refusal is None:
+        response.headers["Upgrade"] = "websocket"
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        # Credentials: the upgrade may carry the token in a cookie; so does the question.
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Credentials"] = "true"
+        response.headers["Vary"] = "Origin"
+    return response
