@@ -23,25 +23,44 @@
  *
  * Events:
  *   statechange  detail {state, reason}
- *   error        detail {message}  (codec not playable, decoder or MSE failure)
+ *   error        detail {message, status?, detail?}  (refused by the relay: status is the HTTP
+ *                status and detail the relay's one-line reason; codec not playable; decoder or
+ *                MSE failure)
  *
  * Styling: size it like a <video> (CSS width/height; with only a width the camera's aspect ratio
  * is kept). Shadow parts: ::part(canvas), ::part(video), ::part(overlay), ::part(message).
  *
- * Playback: WebCodecs VideoDecoder (secure contexts) painting the newest frame on a canvas in
- * requestAnimationFrame; otherwise Media Source Extensions with a tiny fragmented-MP4 muxer.
- * Catch-up frames (flag 0x02) are decoded but never painted; when decoding falls behind, delta
- * frames are dropped up to the next keyframe so latency never drifts.
+ * Structure: the element (connection, state, stats, layout) plays through one of two outputs
+ * with the same interface, WebCodecsOutput (secure contexts: VideoDecoder painting the newest
+ * frame on a canvas) and MseOutput (elsewhere: a tiny fragmented-MP4 muxer feeding Media Source
+ * Extensions). Catch-up frames (flag 0x02) are decoded but never painted; when decoding falls
+ * behind, delta frames are dropped up to the next keyframe so latency never drifts.
  */
 
-const HDR = 17; // binary header: flags u8, pts i64 µs, ingest u64 µs
-const KEY = 1;
-const CATCHUP = 2;
-const QUEUE_MAX = 6; // decode queue bound (frames) before dropping to the next keyframe
-const BACKOFF_MIN = 500;
-const BACKOFF_MAX = 10000;
-const MS = self.ManagedMediaSource || self.MediaSource;
-const mimeOf = (codec) => `video/mp4; codecs="${codec}"`;
+const HEADER_BYTES = 17; // binary header: flags u8, pts i64 µs, ingest u64 µs
+const FLAG_KEY = 1;
+const FLAG_CATCHUP = 2;
+const DECODE_QUEUE_MAX = 6; // frames waiting in the VideoDecoder before we skip to a keyframe
+const RETRY_MIN_MS = 500;
+const RETRY_MAX_MS = 10000;
+const VERDICT_TIMEOUT_MS = 5000; // for the plain GET that asks the relay why it refused
+const NAL_SPS = 7;
+const NAL_PPS = 8;
+const MediaSourceClass = self.ManagedMediaSource || self.MediaSource;
+const mp4Type = (codec) => `video/mp4; codecs="${codec}"`;
+const isAvc = (codec) => /^avc[13]\./.test(codec);
+
+/**
+ * What the relay's verdict (the status of a plain GET of the refused URL) means to a viewer.
+ * @type {Record<number, [state: string, reason: string]>}
+ */
+const REFUSALS = {
+  401: ['error', 'token missing, expired or not for this camera'],
+  403: ['error', "this page's origin is not allowed"],
+  404: ['error', 'no camera named '], // + the camera's name
+  426: ['offline', 'WebSocket upgrade failed'], // the relay would admit us: a proxy in between?
+  503: ['offline', 'too many viewers'],
+};
 
 const CSS = `:host{display:inline-block;position:relative;overflow:hidden;background:#000;
 width:300px;aspect-ratio:16/9;vertical-align:top;contain:content}
@@ -56,6 +75,35 @@ white-space:nowrap;overflow:hidden;text-overflow:ellipsis;pointer-events:none}
 .msg{position:absolute;inset:0;display:flex;align-items:center;justify-content:center;
 padding:1em;color:#fff;background:#000c;font:14px/1.4 system-ui,sans-serif;text-align:center}`;
 
+/**
+ * The relay's `init` message (docs/protocol.md).
+ * @typedef {{codec: string, width: number, height: number, camera?: string}} Init
+ */
+
+/**
+ * One access unit from a binary message.
+ * @typedef {object} Frame
+ * @property {boolean} key      keyframe (IDR, with SPS and PPS): a decoder can start here
+ * @property {boolean} catchup  backlog sent on joining: decode it, never paint it
+ * @property {number} pts       presentation time, µs on the camera's clock
+ * @property {number} ingest    when the relay received it, ms since the Unix epoch
+ * @property {Uint8Array} data  the access unit, Annex B
+ */
+
+/**
+ * What the element asks of an output (WebCodecsOutput, MseOutput):
+ *   mode                  'webcodecs' | 'mse', for stats.mode
+ *   configure(init)       (re)start for the stream an init describes; the next frame fed is a
+ *                         keyframe. Resolves true when ready, false when closed meanwhile;
+ *                         rejects when the output cannot start (the element may retry).
+ *   feed(frame)           one access unit, in decode order
+ *   suspend()             streaming stopped for now (off screen, hidden tab): let go of what
+ *                         costs while nothing plays; the last picture stays
+ *   stats                 {decoded, dropped, painted, latency (ms)}
+ *   close()               release everything; nothing stays behind
+ * @typedef {{decoded: number, dropped: number, painted: number, latency: number}} OutputStats
+ */
+
 export class CxrelayPlayer extends HTMLElement {
   static get observedAttributes() {
     return ['camera', 'server', 'src', 'token'];
@@ -63,18 +111,79 @@ export class CxrelayPlayer extends HTMLElement {
 
   constructor() {
     super();
+    // --- state, as the page sees it
+    /** @type {'idle'|'connecting'|'live'|'offline'|'error'} see the `state` property */
     this._state = 'idle';
+    /** @type {string} human-readable reason for the state, or '' */
     this._reason = '';
-    this._on = false; // streaming wanted (connected, visible, on screen)
+    /** @type {boolean} streaming wanted: in the document, on screen and the page visible */
+    this._streaming = false;
+    /** @type {boolean} the element intersects the viewport */
     this._inView = false;
-    this._gen = 0; // bumped on every stop: async work from an older run must not touch anything
-    this._backoff = BACKOFF_MIN;
-    this._mode = null;
-    this._decoded = this._dropped = this._painted = 0;
-    this._lat = 0;
-    this._w0 = this._wf = this._wb = this._fps = this._bps = this._last = 0;
+    /** @type {number} bumped on every stop: async work from an older run must not touch anything */
+    this._run = 0;
+    /** @type {IntersectionObserver|null} tells whether we are on screen; while in the document */
+    this._observer = null;
+
+    // --- connection
+    /** @type {WebSocket|null} the relay connection */
+    this._socket = null;
+    /** @type {number} setTimeout id of the next connection attempt, or 0 */
+    this._retryTimer = 0;
+    /** @type {number} ms before the next attempt: doubles up to RETRY_MAX_MS, reset once live */
+    this._retryDelay = RETRY_MIN_MS;
+    /** @type {AbortController|null} the plain GET asking the relay why it refused, in flight */
+    this._verdictRequest = null;
+    /** @type {string} the last refusal reported as an `error` event (each reason once) */
+    this._refusal = '';
+
+    // --- the stream on this connection
+    /** @type {Init|null} the relay's last init */
+    this._init = null;
+    /** @type {{state: string, reason?: string}|null} the relay's last status message */
+    this._relayStatus = null;
+    /** @type {boolean} an init is being set up: messages wait in _held until it is done */
+    this._configuring = false;
+    /** @type {Array<string|ArrayBuffer>} messages received while configuring, in order */
+    this._held = [];
+    /** @type {boolean} the stream can't be played: the message covers the picture */
+    this._unplayable = false;
+    /** @type {number} outputs that broke on this connection: after 3, give up until an init */
+    this._failures = 0;
+
+    // --- playing
+    /** @type {WebCodecsOutput|MseOutput|null} plays the stream; made at the first playable init */
+    this._output = null;
+    /** @type {{decoded: number, dropped: number, painted: number}} counts of closed outputs */
+    this._retired = { decoded: 0, dropped: 0, painted: 0 };
+
+    // --- live frames received (catch-up excluded), for fps and bitrate
+    /** @type {number} performance.now() when the current window (about 1 s) began, ms; 0: none */
+    this._windowStart = 0;
+    /** @type {number} frames received in the current window */
+    this._windowFrames = 0;
+    /** @type {number} bytes received in the current window */
+    this._windowBytes = 0;
+    /** @type {number} frames per second over the last whole window */
+    this._fps = 0;
+    /** @type {number} bits per second over the last whole window */
+    this._bitrate = 0;
+    /** @type {number} performance.now() of the last live frame, ms: after 2 s, fps reads 0 */
+    this._lastFrameAt = 0;
+
+    // --- shadow DOM, built at the first connectedCallback
+    /** @type {HTMLCanvasElement|null} the picture on the WebCodecs path */
+    this._canvas = null;
+    /** @type {HTMLVideoElement|null} the picture on the MSE path */
+    this._video = null;
+    /** @type {HTMLElement|null} covers the picture when the stream can't be played */
+    this._message = null;
+    /** @type {HTMLElement|null} the state label, bottom left */
+    this._overlay = null;
+    /** @type {HTMLStyleElement|null} the host's aspect ratio, from init */
+    this._aspect = null;
+
     this._check = this._check.bind(this);
-    this._paint = this._paint.bind(this);
   }
 
   // --- public API ---------------------------------------------------------------------------
@@ -88,20 +197,22 @@ export class CxrelayPlayer extends HTMLElement {
   }
 
   get stats() {
-    const stale = performance.now() - this._last > 2000;
-    const mse = this._mode === 'mse' && this._v.getVideoPlaybackQuality?.();
-    const i = this._init || {};
+    const output = this._output;
+    const played = output ? output.stats : { decoded: 0, dropped: 0, painted: 0, latency: 0 };
+    const stale = performance.now() - this._lastFrameAt > 2000;
+    const init = this._init || {};
+    const retired = this._retired;
     return {
-      mode: this._mode,
-      codec: i.codec || null,
-      width: i.width || 0,
-      height: i.height || 0,
+      mode: output ? output.mode : null,
+      codec: init.codec || null,
+      width: init.width || 0,
+      height: init.height || 0,
       fps: stale ? 0 : Math.round(this._fps * 10) / 10,
-      bitrate: stale ? 0 : Math.round(this._bps),
-      decoded: mse ? mse.totalVideoFrames : this._decoded,
-      dropped: this._dropped,
-      painted: mse ? mse.totalVideoFrames - mse.droppedVideoFrames : this._painted,
-      latency: Math.round(this._mode === 'mse' ? this._mseLatency() : this._lat),
+      bitrate: stale ? 0 : Math.round(this._bitrate),
+      decoded: retired.decoded + played.decoded,
+      dropped: retired.dropped + played.dropped,
+      painted: retired.painted + played.painted,
+      latency: Math.round(played.latency),
     };
   }
 
@@ -109,25 +220,25 @@ export class CxrelayPlayer extends HTMLElement {
 
   connectedCallback() {
     if (!this.shadowRoot) this._build();
-    this._io = new IntersectionObserver((es) => {
-      this._inView = es[es.length - 1].isIntersecting;
+    this._observer = new IntersectionObserver((entries) => {
+      this._inView = entries[entries.length - 1].isIntersecting;
       this._check();
     });
-    this._io.observe(this);
+    this._observer.observe(this);
     document.addEventListener('visibilitychange', this._check);
   }
 
   disconnectedCallback() {
-    this._io?.disconnect();
-    this._io = null;
+    this._observer?.disconnect();
+    this._observer = null;
     this._inView = false;
     document.removeEventListener('visibilitychange', this._check);
     this._check();
-    this._mseDrop();
+    this._closeOutput();
   }
 
-  attributeChangedCallback(_name, old, val) {
-    if (old === val || !this._on) return;
+  attributeChangedCallback(_name, old, value) {
+    if (old === value || !this._streaming) return;
     this._stop();
     this._start();
   }
@@ -137,34 +248,29 @@ export class CxrelayPlayer extends HTMLElement {
     root.innerHTML = `<style>${CSS}</style><style></style><canvas part="canvas"></canvas>
 <video part="video" muted playsinline hidden></video><div class="msg" part="message" hidden></div>
 <div class="ov" part="overlay" hidden></div>`;
-    this._ar = root.querySelectorAll('style')[1];
-    this._cv = root.querySelector('canvas');
-    this._ctx = this._cv.getContext('2d', { alpha: false });
-    this._v = root.querySelector('video');
-    this._v.muted = true;
-    this._v.disableRemotePlayback = true; // ManagedMediaSource wants no AirPlay alternative
-    this._v.onerror = () => {
-      if (this._ms) this._mseRecover('video: ' + (this._v.error?.message || 'playback error'));
-    };
-    this._msg = root.querySelector('.msg');
-    this._ov = root.querySelector('.ov');
+    this._aspect = root.querySelectorAll('style')[1];
+    this._canvas = root.querySelector('canvas');
+    this._video = root.querySelector('video');
+    this._video.muted = true;
+    this._message = root.querySelector('.msg');
+    this._overlay = root.querySelector('.ov');
   }
 
   _check() {
     const on = this.isConnected && this._inView && document.visibilityState !== 'hidden';
-    if (on && !this._on) this._start();
-    else if (!on && this._on) this._stop();
+    if (on && !this._streaming) this._start();
+    else if (!on && this._streaming) this._stop();
   }
 
   // --- connection ---------------------------------------------------------------------------
 
   _url() {
     let url = this.getAttribute('src');
-    const cam = this.getAttribute('camera');
+    const camera = this.getAttribute('camera');
     if (!url) {
-      if (!cam) return null;
+      if (!camera) return null;
       const server = this.getAttribute('server');
-      const path = 'ws/' + encodeURIComponent(cam);
+      const path = 'ws/' + encodeURIComponent(camera);
       url = server ? server.replace(/\/*$/, '/') + path : new URL(path, import.meta.url).href;
     }
     url = url.replace(/^http/, 'ws');
@@ -174,490 +280,858 @@ export class CxrelayPlayer extends HTMLElement {
   }
 
   _start() {
-    this._on = true;
-    this._backoff = BACKOFF_MIN;
-    this._reset();
-    this._set('connecting');
-    this._open();
+    this._streaming = true;
+    this._retryDelay = RETRY_MIN_MS;
+    this._refusal = '';
+    this._resetConnection();
+    this._setState('connecting');
+    this._connect();
   }
 
   _stop() {
-    this._on = false;
-    this._gen++;
-    clearTimeout(this._timer);
-    this._timer = 0;
-    const ws = this._ws;
-    this._ws = null;
-    if (ws) {
-      ws.onmessage = ws.onclose = null;
-      ws.close(1000);
+    this._streaming = false;
+    this._run++;
+    clearTimeout(this._retryTimer);
+    this._retryTimer = 0;
+    this._verdictRequest?.abort();
+    this._verdictRequest = null;
+    const socket = this._socket;
+    this._socket = null;
+    if (socket) {
+      socket.onmessage = socket.onclose = null;
+      socket.close(1000);
     }
-    this._reset();
-    this._decClose();
-    cancelAnimationFrame(this._raf);
-    this._raf = 0;
-    this._next?.close();
-    this._next = null;
-    this._set('idle');
+    this._resetConnection();
+    this._output?.suspend();
+    this._setState('idle');
   }
 
-  _open() {
-    this._timer = 0;
+  _connect() {
+    this._retryTimer = 0;
     const url = this._url();
-    if (!url) return this._set('idle');
-    let ws;
+    if (!url) return this._setState('idle');
+    let socket;
     try {
-      ws = new WebSocket(url);
+      socket = new WebSocket(url);
     } catch (e) {
-      return this._set('error', 'bad URL: ' + url);
+      return this._setState('error', 'bad URL: ' + url);
     }
-    ws.binaryType = 'arraybuffer';
-    this._ws = ws;
-    ws.onmessage = (e) => this._onMessage(e.data);
-    ws.onclose = (e) => {
-      if (ws !== this._ws) return;
-      this._ws = null;
-      this._reset();
-      if (e.code === 1008) return this._set('error', e.reason || 'token expired'); // wait for a new token
-      this._set('offline', e.reason || 'relay unreachable');
-      this._timer = setTimeout(() => this._open(), this._backoff);
-      this._backoff = Math.min(this._backoff * 2, BACKOFF_MAX);
+    let opened = false;
+    socket.binaryType = 'arraybuffer';
+    this._socket = socket;
+    socket.onopen = () => (opened = true);
+    socket.onmessage = (e) => this._onMessage(e.data);
+    socket.onclose = (e) => {
+      if (socket !== this._socket) return;
+      this._socket = null;
+      this._resetConnection();
+      if (e.code === 1008) return this._setState('error', e.reason || 'token expired'); // wait for a new token
+      if (!opened) return this._askWhyRefused(url);
+      this._setState('offline', e.reason || 'relay unreachable');
+      this._retryLater();
     };
   }
 
-  // Per-connection stream state; the decoder and the picture survive it.
-  _reset() {
-    this._busy = false; // an init is being set up: hold messages until it is done
-    this._held = [];
-    this._needKey = true;
-    this._catching = false;
-    this._srv = null;
-    this._codecErr = false;
-    this._mseFails = 0;
+  _retryLater() {
+    this._retryTimer = setTimeout(() => this._connect(), this._retryDelay);
+    this._retryDelay = Math.min(this._retryDelay * 2, RETRY_MAX_MS);
   }
 
-  _set(state, reason = '') {
+  // A WebSocket refused with an HTTP status shows the page no status. The relay answers a plain
+  // GET of the same URL with the verdict the upgrade got (CORS-readable): ask it, say why, and
+  // retry, except for a token, which only a new `token` attribute can fix.
+  async _askWhyRefused(url) {
+    const run = this._run;
+    const request = (this._verdictRequest = new AbortController());
+    const timeout = setTimeout(() => request.abort(), VERDICT_TIMEOUT_MS);
+    let status = 0;
+    let detail = '';
+    try {
+      const response = await fetch(url.replace(/^ws/, 'http'), {
+        credentials: 'include', // a token may be in the relay's cookie, as on the upgrade
+        cache: 'no-store',
+        signal: request.signal,
+      });
+      status = response.status;
+      detail = (await response.text()).trim().slice(0, 200);
+    } catch (e) {
+      // unreachable, timed out, or an answer this page may not read (not the relay's)
+    }
+    clearTimeout(timeout);
+    if (run !== this._run) return;
+    this._verdictRequest = null;
+    let [state, reason] = REFUSALS[status] || ['offline', 'relay unreachable'];
+    if (status === 404) reason += '"' + cameraOf(url) + '"';
+    if (!REFUSALS[status] && status) reason += ' (HTTP ' + status + ')';
+    this._setState(state, reason);
+    if (state === 'error' && reason !== this._refusal) {
+      this._refusal = reason;
+      this._error(reason, { status, detail });
+    }
+    if (status !== 401) this._retryLater();
+  }
+
+  // Per-connection stream state; the output and its picture survive it.
+  _resetConnection() {
+    this._configuring = false;
+    this._held = [];
+    this._relayStatus = null;
+    this._unplayable = false;
+    this._failures = 0;
+  }
+
+  _setState(state, reason = '') {
     if (state === this._state && reason === this._reason) return;
     this._state = state;
     this._reason = reason;
-    if (state === 'live') this._backoff = BACKOFF_MIN;
-    const ov = this._ov;
-    if (ov) {
-      ov.hidden = state === 'idle';
-      ov.dataset.s = state;
-      ov.textContent = state + (reason ? ' — ' + reason : '');
+    if (state === 'live') {
+      this._retryDelay = RETRY_MIN_MS;
+      this._refusal = '';
+    }
+    const overlay = this._overlay;
+    if (overlay) {
+      overlay.hidden = state === 'idle';
+      overlay.dataset.s = state;
+      overlay.textContent = state + (reason ? ' — ' + reason : '');
     }
     this.dispatchEvent(new CustomEvent('statechange', { detail: { state, reason } }));
   }
 
-  _fail(message) {
-    this.dispatchEvent(new CustomEvent('error', { detail: { message } }));
+  _error(message, extra) {
+    this.dispatchEvent(new CustomEvent('error', { detail: { message, ...extra } }));
   }
 
   _onMessage(data) {
-    if (this._busy) this._held.push(data);
+    if (this._configuring) this._held.push(data);
     else this._handle(data);
   }
 
   _handle(data) {
-    if (typeof data !== 'string') return this._frame(data);
-    let m;
+    if (typeof data !== 'string') return this._onFrame(data);
+    let message;
     try {
-      m = JSON.parse(data);
+      message = JSON.parse(data);
     } catch (e) {
       return;
     }
-    if (m.type === 'init') this._onInit(m);
-    else if (m.type === 'status') {
-      this._srv = m;
-      if (!this._codecErr) this._set(m.state, m.reason || '');
+    if (message.type === 'init') this._onInit(message);
+    else if (message.type === 'status') {
+      this._relayStatus = message;
+      if (!this._unplayable) this._setState(message.state, message.reason || '');
     }
   }
 
-  // --- init: choose WebCodecs or MSE ----------------------------------------------------------
+  // --- init: choose the output ----------------------------------------------------------------
 
-  async _onInit(m) {
-    const gen = this._gen;
-    this._busy = true;
-    this._needKey = true;
-    const codec = String(m.codec || '');
-    let mode = null;
-    if (self.VideoDecoder) {
-      try {
-        const cfg = { codec, optimizeForLatency: true };
-        if ((await VideoDecoder.isConfigSupported(cfg)).supported) mode = 'webcodecs';
-      } catch (e) {
-        // an invalid codec string throws: treat as unsupported
-      }
+  async _onInit(init) {
+    const run = this._run;
+    this._configuring = true;
+    const codec = String(init.codec || '');
+    const Output = (await WebCodecsOutput.supports(init))
+      ? WebCodecsOutput
+      : MseOutput.supports(init)
+        ? MseOutput
+        : null;
+    if (run !== this._run) return;
+    this._init = init;
+    if (init.width && init.height) {
+      this._aspect.textContent = `:host{aspect-ratio:${init.width}/${init.height}}`;
     }
-    if (!mode && /^avc[13]\./.test(codec) && MS?.isTypeSupported(mimeOf(codec))) mode = 'mse';
-    if (gen !== this._gen) return;
-    this._init = m;
-    if (m.width && m.height) this._ar.textContent = `:host{aspect-ratio:${m.width}/${m.height}}`;
-    if (this._mode !== mode) {
-      if (this._mode === 'webcodecs') this._decClose();
-      if (this._mode === 'mse') this._mseDrop();
-      this._mode = mode;
-    }
-    this._cv.hidden = mode === 'mse';
-    this._v.hidden = mode !== 'mse';
-    this._codecErr = false;
-    this._msg.hidden = true;
-    if (!mode) {
-      const msg = `This browser can't play this camera's video (${codec || 'unknown codec'}).`;
-      this._unplayable('unsupported codec ' + codec, msg);
-      this._fail(msg);
+    if (this._output && this._output.constructor !== Output) this._closeOutput();
+    this._unplayable = false;
+    this._message.hidden = true;
+    if (!Output) {
+      const message = `This browser can't play this camera's video (${codec || 'unknown codec'}).`;
+      this._showUnplayable('unsupported codec ' + codec, message);
+      this._error(message);
     } else {
-      if (this._state === 'error') this._set(this._srv?.state || 'connecting', this._srv?.reason);
-      if (mode === 'webcodecs') this._decSetup(m);
-      else if (!(await this._mseSetup(codec)) || gen !== this._gen) {
-        if (gen === this._gen) this._mseRecover('MSE: no SourceBuffer for ' + codec);
+      const status = this._relayStatus;
+      if (this._state === 'error') this._setState(status?.state || 'connecting', status?.reason);
+      const output = (this._output ||= Output === MseOutput
+        ? new MseOutput(this._video, (message) => this._outputFailed(message))
+        : new WebCodecsOutput(this._canvas, (message) => this._error(message)));
+      this._video.hidden = Output !== MseOutput;
+      this._canvas.hidden = !this._video.hidden;
+      let ready;
+      try {
+        ready = await output.configure(init);
+      } catch (e) {
+        if (run === this._run && output === this._output) this._outputFailed(e.message);
         return;
       }
+      if (!ready || run !== this._run || output !== this._output) return;
     }
-    this._busy = false;
-    while (!this._busy && this._held.length) this._handle(this._held.shift());
+    this._configuring = false;
+    while (!this._configuring && this._held.length) this._handle(this._held.shift());
   }
 
   // Says so over the picture (instead of a black box) until an init brings a playable stream.
-  _unplayable(reason, message) {
-    this._codecErr = true;
-    this._msg.textContent = message;
-    this._msg.hidden = false;
-    this._set('error', reason);
+  _showUnplayable(reason, message) {
+    this._unplayable = true;
+    this._message.textContent = message;
+    this._message.hidden = false;
+    this._setState('error', reason);
   }
 
-  _frame(buf) {
-    if (!this._mode || buf.byteLength <= HDR) return;
-    const dv = new DataView(buf);
-    const flags = dv.getUint8(0);
-    const f = {
-      key: !!(flags & KEY),
-      cu: !!(flags & CATCHUP),
-      pts: Number(dv.getBigInt64(1)),
-      ingest: Number(dv.getBigUint64(9)) / 1000,
-      data: new Uint8Array(buf, HDR),
-    };
-    if (!f.cu) {
-      // fps and bitrate of the live stream, over windows of about a second
-      const now = (this._last = performance.now());
-      if (!this._w0) this._w0 = now;
-      this._wf++;
-      this._wb += buf.byteLength;
-      if (now - this._w0 >= 1000) {
-        this._fps = (this._wf * 1000) / (now - this._w0);
-        this._bps = (this._wb * 8000) / (now - this._w0);
-        this._w0 = now;
-        this._wf = this._wb = 0;
-      }
-    }
-    if (f.key) this._needKey = false;
-    else if (this._needKey) return this._dropped++;
-    if (this._mode === 'webcodecs') this._decFeed(f);
-    else this._mseFeed(f);
-  }
-
-  // --- WebCodecs --------------------------------------------------------------------------------
-
-  _decSetup(m) {
-    this._cfg = { codec: m.codec, optimizeForLatency: true };
-    if (m.width && m.height) {
-      this._cfg.codedWidth = m.width;
-      this._cfg.codedHeight = m.height;
-    }
-    const d = this._dec;
-    if (d && d.state !== 'closed') {
-      d.reset(); // drop whatever the old stream left queued
-      d.configure(this._cfg);
-    }
-    this._ing = new Map(); // pts -> ingest ms, for the latency of painted frames
-    this._cu = new Set(); // pts of catch-up chunks: decode, never paint
-  }
-
-  _decClose() {
-    const d = this._dec;
-    this._dec = null;
-    if (d && d.state !== 'closed') d.close();
-  }
-
-  _decFeed(f) {
-    let d = this._dec;
-    if (!d || d.state === 'closed') {
-      if (!f.key) return this._dropped++;
-      d = this._dec = new VideoDecoder({
-        output: (fr) => this._decOut(fr),
-        error: (e) => {
-          if (d !== this._dec) return;
-          this._dec = null; // rebuilt at the next keyframe
-          this._needKey = true;
-          this._fail('decoder: ' + e.message);
-        },
-      });
-      d.configure(this._cfg);
-    }
-    const q = d.decodeQueueSize;
-    if (f.cu) this._catching = true;
-    else if (this._catching && q <= QUEUE_MAX) this._catching = false;
-    if (!f.key && !this._catching && q > QUEUE_MAX) {
-      // decoding can't keep up: skip to the next keyframe instead of drifting behind
-      this._needKey = true;
-      return this._dropped++;
-    }
-    if (this._ing.size > 300) this._ing.clear(); // only if the decoder swallowed frames
-    this._ing.set(f.pts, f.ingest);
-    if (f.cu) this._cu.add(f.pts);
-    try {
-      d.decode(new EncodedVideoChunk({ type: f.key ? 'key' : 'delta', timestamp: f.pts, data: f.data }));
-    } catch (e) {
-      this._needKey = true;
-      this._fail('decode: ' + e.message);
-    }
-  }
-
-  _decOut(fr) {
-    this._decoded++;
-    const ts = fr.timestamp;
-    const ingest = this._ing.get(ts);
-    this._ing.delete(ts);
-    if (this._cu.delete(ts) || !this._on) return fr.close();
-    this._next?.close(); // replaced before it was painted
-    this._next = fr;
-    this._nextIngest = ingest;
-    if (!this._raf) this._raf = requestAnimationFrame(this._paint);
-  }
-
-  _paint() {
-    this._raf = 0;
-    const fr = this._next;
-    if (!fr) return;
-    this._next = null;
-    const c = this._cv;
-    const w = fr.displayWidth;
-    const h = fr.displayHeight;
-    if (c.width !== w || c.height !== h) {
-      c.width = w;
-      c.height = h;
-    }
-    this._ctx.drawImage(fr, 0, 0, w, h);
-    fr.close();
-    this._painted++;
-    if (this._nextIngest) this._lat = Date.now() - this._nextIngest;
-  }
-
-  // --- Media Source Extensions --------------------------------------------------------------------
-
-  async _mseSetup(codec) {
-    const type = mimeOf(codec);
-    this._mInit = null; // init segment, built from the SPS/PPS of the next keyframe
-    this._jump = true;
-    this._anchor = true; // map the new stream's pts onto our timeline at its first keyframe
-    this._pts = null;
-    this._dur = 3600; // frame duration (90 kHz ticks): 25 fps until pts deltas tell better
-    this._reorder = false; // B-frames seen: decode order differs from presentation order
-    if (this._sb && this._type !== type) {
-      try {
-        this._sb.changeType(type);
-        this._type = type;
-      } catch (e) {
-        this._mseDrop();
-      }
-    }
-    if (this._sb) return true;
-    const ms = (this._ms = new MS());
-    const v = this._v;
-    this._murl = URL.createObjectURL(ms);
-    v.src = this._murl;
-    await new Promise((ok) => (ms.onsourceopen = ok));
-    this._mseRevoke();
-    if (ms !== this._ms) return false;
-    try {
-      this._sb = ms.addSourceBuffer(type);
-    } catch (e) {
-      this._fail('MSE: ' + e.message);
-      return false;
-    }
-    this._type = type;
-    this._sb.onupdateend = () => this._mseEdge();
-    this._mq = [];
-    // Our own 90 kHz timeline, continuous across reconnects: the camera's clock restarts.
-    this._dts = -1;
-    this._end = 0; // highest presentation end time so far
-    this._seq = 0;
-    this._keys = []; // keyframe times (s): the buffer may only be trimmed up to one of them
-    return true;
-  }
-
-  _mseRevoke() {
-    if (this._murl) URL.revokeObjectURL(this._murl);
-    this._murl = null;
-  }
-
-  _mseDrop() {
-    const ms = this._ms;
-    if (!ms) return;
-    this._ms = this._sb = null;
-    this._mq = [];
-    try {
-      if (ms.readyState === 'open') ms.endOfStream();
-    } catch (e) {
-      // already detached
-    }
-    ms.onsourceopen = null;
-    this._mseRevoke();
-    this._v.removeAttribute('src');
-    this._v.load();
-  }
-
-  _mseFeed(f) {
-    const nals = splitNals(f.data);
-    if (!this._mInit) {
-      const sps = nals.find((n) => (n[0] & 31) === 7);
-      const pps = nals.find((n) => (n[0] & 31) === 8);
-      if (!f.key || !sps || !pps) return this._dropped++;
-      this._mInit = initSegment(sps, pps, this._init.width, this._init.height);
-      this._mq.push(this._mInit);
-    }
-    // Right after the catch-up burst the queue is long and the playhead has yet to jump to the
-    // newest picture: that is not falling behind.
-    const ahead = this._jump ? 0 : this._mseAhead();
-    if (!f.key && !f.cu && !this._jump && (this._mq.length > 20 || ahead > 3)) {
-      this._needKey = true; // the video element can't keep up: skip to the next keyframe
-      this._anchor = true;
-      return this._dropped++;
-    }
-    const dur = this._timing(f);
-    const comp = Math.round(this._c0 + (f.pts - this._p0) * 0.09);
-    // decode times: presentation times, held back by two frames when B-frames reorder them
-    const dts = Math.max(this._dts + 1, comp - (this._reorder ? 2 * this._dur : 0));
-    if (f.key) this._keys.push(comp / 90000);
-    this._mq.push(fragment(++this._seq, dts, comp - dts, dur, f.key, nals));
-    this._dts = dts;
-    this._end = Math.max(this._end, comp + dur);
-    this._mqLive = !f.cu;
-    this._mIngest = f.ingest;
-    if (f.key && !f.cu && this._jump === false && ahead > 1) this._jump = true; // after a skip
-    this._msePump();
-  }
-
-  // Sample duration from pts deltas (the smallest one once B-frames show up); re-anchors the
-  // pts -> timeline mapping on a new stream, after a skip, or when the camera's clock jumps.
-  _timing(f) {
-    const d = this._pts === null ? 0 : (f.pts - this._pts) * 0.09;
-    this._pts = f.pts;
-    if (d < 0 && !f.key) this._reorder = true;
-    if (d > 450 && d < 90000) this._dur = Math.round(this._reorder ? Math.min(this._dur, d) : d);
-    const comp = this._c0 + (f.pts - this._p0) * 0.09;
-    if (f.key && (this._anchor || Math.abs(comp - this._end) > 90000)) {
-      this._anchor = false;
-      this._p0 = f.pts;
-      this._c0 = this._end;
-    }
-    return this._dur;
-  }
-
-  _msePump() {
-    const sb = this._sb;
-    if (!sb || sb.updating || !this._mq.length) return;
-    const parts = this._mq;
-    this._mq = [];
-    this._mLive = this._mqLive; // whether the newest frame being appended is a live one
-    try {
-      sb.appendBuffer(parts.length === 1 ? parts[0] : concat(parts));
-    } catch (e) {
-      if (e.name !== 'QuotaExceededError') return this._mseRecover('MSE: ' + e.message);
-      this._needKey = true; // buffer full: free some, go on from the next keyframe
-      this._anchor = true;
-      this._mseTrim(true);
-    }
-  }
-
-  // The video element or the SourceBuffer failed (bad data, decoder error): start a fresh
-  // MediaSource from the next keyframe, a few times per connection at most.
-  _mseRecover(message) {
-    this._fail(message);
-    this._mseDrop();
-    if (++this._mseFails > 3) {
-      this._mode = null; // nothing more is fed until the next init
-      this._busy = false;
+  // The output broke (the video element or the SourceBuffer failed on bad data): start a fresh
+  // one from the next keyframe, a few times per connection at most.
+  _outputFailed(message) {
+    this._error(message);
+    if (++this._failures > 3) {
+      this._closeOutput(); // nothing more is fed until the next init
+      this._configuring = false;
       this._held = [];
-      return this._unplayable(message, 'Playback failed: ' + message);
+      return this._showUnplayable(message, 'Playback failed: ' + message);
     }
     if (this._init) this._onInit(this._init);
   }
 
-  _mseAhead() {
-    const b = this._v.buffered;
-    return b.length ? b.end(b.length - 1) - this._v.currentTime : 0;
+  _closeOutput() {
+    const output = this._output;
+    if (!output) return;
+    const stats = output.stats;
+    for (const key in this._retired) this._retired[key] += stats[key];
+    this._output = null;
+    output.close();
   }
 
-  _mseLatency() {
-    return this._mIngest ? Date.now() - this._mIngest + this._mseAhead() * 1000 : 0;
+  _onFrame(buffer) {
+    const output = this._output;
+    if (!output || buffer.byteLength <= HEADER_BYTES) return;
+    const view = new DataView(buffer);
+    const flags = view.getUint8(0);
+    /** @type {Frame} */
+    const frame = {
+      key: !!(flags & FLAG_KEY),
+      catchup: !!(flags & FLAG_CATCHUP),
+      pts: Number(view.getBigInt64(1)),
+      ingest: Number(view.getBigUint64(9)) / 1000,
+      data: new Uint8Array(buffer, HEADER_BYTES),
+    };
+    if (!frame.catchup) {
+      // fps and bitrate of the live stream, over windows of about a second
+      const now = (this._lastFrameAt = performance.now());
+      if (!this._windowStart) this._windowStart = now;
+      this._windowFrames++;
+      this._windowBytes += buffer.byteLength;
+      const elapsed = now - this._windowStart;
+      if (elapsed >= 1000) {
+        this._fps = (this._windowFrames * 1000) / elapsed;
+        this._bitrate = (this._windowBytes * 8000) / elapsed;
+        this._windowStart = now;
+        this._windowFrames = this._windowBytes = 0;
+      }
+    }
+    output.feed(frame);
+  }
+}
+
+// --- WebCodecs ----------------------------------------------------------------------------------
+
+/**
+ * VideoDecoder output: decodes every frame, paints only the newest one on a canvas in
+ * requestAnimationFrame. H.264 goes in as avcC `description` + length-prefixed samples (what
+ * Safari requires; every engine accepts it); other codecs as Annex B.
+ */
+class WebCodecsOutput {
+  /** @param {Init} init */
+  static async supports(init) {
+    if (!self.VideoDecoder) return false;
+    try {
+      return !!(await VideoDecoder.isConfigSupported(decoderConfig(init))).supported;
+    } catch (e) {
+      return false; // an invalid codec string throws: unsupported
+    }
+  }
+
+  /**
+   * @param {HTMLCanvasElement} canvas where pictures are painted
+   * @param {(message: string) => void} onError reports a decoding failure (an `error` event);
+   *     playing goes on at the next keyframe
+   */
+  constructor(canvas, onError) {
+    /** @type {'webcodecs'} */
+    this.mode = 'webcodecs';
+    /** @type {HTMLCanvasElement} */
+    this._canvas = canvas;
+    /** @type {CanvasRenderingContext2D} */
+    this._context = canvas.getContext('2d', { alpha: false });
+    /** @type {(message: string) => void} */
+    this._onError = onError;
+    /** @type {VideoDecoderConfig|null} from the init, without description; null before configure */
+    this._config = null;
+    /** @type {boolean} H.264: configure with an avcC description, feed length-prefixed samples */
+    this._avc = false;
+    /**
+     * @type {VideoDecoder|null} made at the first keyframe; null or closed while suspended,
+     *     after an error, or when the browser reclaimed it: made again at the next keyframe
+     */
+    this._decoder = null;
+    /** @type {Uint8Array|null} the avcC the decoder is configured with; null: none yet */
+    this._description = null;
+    /** @type {boolean} frames are dropped until the next keyframe */
+    this._needKey = true;
+    /** @type {boolean} the catch-up burst is being decoded: a long queue is not falling behind */
+    this._catchingUp = false;
+    /** @type {Map<number, number>} pts (µs) -> ingest time (ms since the epoch), frames in the decoder */
+    this._ingestOf = new Map();
+    /** @type {Set<number>} pts (µs) of catch-up frames in the decoder: decode, never paint */
+    this._catchupPts = new Set();
+    /** @type {VideoFrame|null} the newest decoded frame, waiting for the next animation frame */
+    this._pending = null;
+    /** @type {number} its ingest time, ms since the epoch; 0: unknown */
+    this._pendingIngest = 0;
+    /** @type {number} requestAnimationFrame id of the next paint, or 0 */
+    this._paintRequest = 0;
+    /** @type {number} frames the decoder gave back */
+    this._decoded = 0;
+    /** @type {number} frames skipped, not decoded */
+    this._dropped = 0;
+    /** @type {number} frames painted */
+    this._painted = 0;
+    /** @type {number} ms from the relay's ingest to the last paint */
+    this._latency = 0;
+    this._paint = this._paint.bind(this);
+  }
+
+  /** @returns {OutputStats} */
+  get stats() {
+    const { _decoded: decoded, _dropped: dropped, _painted: painted, _latency: latency } = this;
+    return { decoded, dropped, painted, latency };
+  }
+
+  /** @param {Init} init */
+  async configure(init) {
+    this._config = decoderConfig(init);
+    this._avc = isAvc(this._config.codec);
+    this._needKey = true;
+    const decoder = this._decoder;
+    if (decoder && decoder.state !== 'closed') decoder.reset(); // drop what the old stream queued
+    this._description = null; // configured at the next keyframe, from its SPS and PPS
+    this._ingestOf.clear();
+    this._catchupPts.clear();
+    return true;
+  }
+
+  /** @param {Frame} frame */
+  feed(frame) {
+    if (frame.key) this._needKey = false;
+    else if (this._needKey) return void this._dropped++;
+    let decoder = this._decoder;
+    if (!decoder || decoder.state === 'closed') {
+      if (!frame.key) return this._skip();
+      decoder = this._decoder = this._newDecoder();
+    }
+    let data = frame.data;
+    let description;
+    if (this._avc) {
+      const units = splitNals(data);
+      if (frame.key) {
+        description = avcConfig(units);
+        if (!description) return this._skip();
+        // The parameter sets travel in the description (what `avc1` means); drop the copies.
+        data = avcSample(units.filter((n) => !isParameterSet(n)));
+      } else data = avcSample(units);
+    }
+    const changed = this._avc && !sameBytes(description, this._description); // new SPS/PPS
+    if (frame.key && (decoder.state !== 'configured' || changed)) {
+      try {
+        decoder.configure({ ...this._config, description });
+        this._description = description || null;
+      } catch (e) {
+        this._onError('decoder: ' + e.message);
+        return this._skip();
+      }
+    }
+    if (decoder.state !== 'configured') return this._skip();
+    const queued = decoder.decodeQueueSize;
+    if (frame.catchup) this._catchingUp = true;
+    else if (this._catchingUp && queued <= DECODE_QUEUE_MAX) this._catchingUp = false;
+    if (!frame.key && !this._catchingUp && queued > DECODE_QUEUE_MAX) {
+      return this._skip(); // decoding can't keep up: skip to the next keyframe, don't drift behind
+    }
+    if (this._ingestOf.size > 300) this._ingestOf.clear(); // only if the decoder swallowed frames
+    this._ingestOf.set(frame.pts, frame.ingest);
+    if (frame.catchup) this._catchupPts.add(frame.pts);
+    try {
+      decoder.decode(new EncodedVideoChunk({
+        type: frame.key ? 'key' : 'delta',
+        timestamp: frame.pts,
+        data,
+      }));
+    } catch (e) {
+      this._needKey = true;
+      this._onError('decode: ' + e.message);
+    }
+  }
+
+  suspend() {
+    this._closeDecoder();
+    this._pending?.close();
+    this._pending = null;
+    cancelAnimationFrame(this._paintRequest);
+    this._paintRequest = 0;
+  }
+
+  close() {
+    this.suspend(); // the canvas keeps the last picture: it belongs to the element
+  }
+
+  _skip() {
+    this._needKey = true;
+    this._dropped++;
+  }
+
+  _newDecoder() {
+    const decoder = new VideoDecoder({
+      output: (picture) => {
+        if (decoder === this._decoder) this._onPicture(picture);
+        else picture.close();
+      },
+      error: (e) => {
+        if (decoder !== this._decoder) return;
+        this._decoder = null; // made again at the next keyframe
+        this._needKey = true;
+        // The spec lets a browser reclaim (close) an inactive or background decoder: expected,
+        // not a failure.
+        if (e.name !== 'QuotaExceededError') this._onError('decoder: ' + e.message);
+      },
+    });
+    this._description = null;
+    return decoder;
+  }
+
+  _closeDecoder() {
+    const decoder = this._decoder;
+    this._decoder = null;
+    this._needKey = true;
+    if (decoder && decoder.state !== 'closed') decoder.close();
+  }
+
+  /** @param {VideoFrame} picture */
+  _onPicture(picture) {
+    this._decoded++;
+    const pts = picture.timestamp;
+    const ingest = this._ingestOf.get(pts) || 0;
+    this._ingestOf.delete(pts);
+    if (this._catchupPts.delete(pts)) return picture.close();
+    this._pending?.close(); // replaced before it was painted
+    this._pending = picture;
+    this._pendingIngest = ingest;
+    if (!this._paintRequest) this._paintRequest = requestAnimationFrame(this._paint);
+  }
+
+  _paint() {
+    this._paintRequest = 0;
+    const picture = this._pending;
+    if (!picture) return;
+    this._pending = null;
+    const canvas = this._canvas;
+    const width = picture.displayWidth;
+    const height = picture.displayHeight;
+    if (canvas.width !== width || canvas.height !== height) {
+      canvas.width = width;
+      canvas.height = height;
+    }
+    this._context.drawImage(picture, 0, 0, width, height);
+    picture.close();
+    this._painted++;
+    if (this._pendingIngest) this._latency = Date.now() - this._pendingIngest;
+  }
+}
+
+/** @param {Init} init */
+function decoderConfig(init) {
+  const config = { codec: String(init.codec || ''), optimizeForLatency: true };
+  if (init.width && init.height) {
+    config.codedWidth = init.width;
+    config.codedHeight = init.height;
+  }
+  return config;
+}
+
+// --- Media Source Extensions --------------------------------------------------------------------
+
+/**
+ * Media Source Extensions output (ManagedMediaSource first: iPhone): muxes H.264 into
+ * fragmented MP4, one moof+mdat per access unit, and keeps the playhead at the live edge.
+ */
+class MseOutput {
+  /** @param {Init} init */
+  static supports(init) {
+    const codec = String(init.codec || '');
+    return isAvc(codec) && !!MediaSourceClass?.isTypeSupported(mp4Type(codec));
+  }
+
+  /**
+   * @param {HTMLVideoElement} video where pictures are shown
+   * @param {(message: string) => void} onFailure the output broke: it has let go of its
+   *     MediaSource; configure it again to start afresh
+   */
+  constructor(video, onFailure) {
+    /** @type {'mse'} */
+    this.mode = 'mse';
+    /** @type {HTMLVideoElement} */
+    this._video = video;
+    /** @type {(message: string) => void} */
+    this._onFailure = onFailure;
+    /** @type {MediaSource|null} ManagedMediaSource where there is one */
+    this._mediaSource = null;
+    /** @type {string|null} object URL of the MediaSource, until it opens */
+    this._objectUrl = null;
+    /** @type {SourceBuffer|null} */
+    this._sourceBuffer = null;
+    /** @type {string} the SourceBuffer's MIME type */
+    this._type = '';
+    /** @type {Init|null} */
+    this._init = null;
+    /** @type {Uint8Array|null} the avcC of the queued init segment; null: build from the next keyframe */
+    this._description = null;
+    /** @type {Uint8Array[]} init segment and fragments waiting for the SourceBuffer */
+    this._queue = [];
+    /** @type {boolean} the newest queued fragment is a live frame, not catch-up */
+    this._queueLive = false;
+    /** @type {boolean} the newest fragment being appended is a live frame */
+    this._appendingLive = false;
+    /** @type {boolean} after the next append of a live frame, jump to the newest picture */
+    this._jump = true;
+    /** @type {boolean} map the next keyframe's pts to the end of our timeline */
+    this._anchor = true;
+    /** @type {number} camera pts at the anchor, µs */
+    this._anchorPts = 0;
+    /** @type {number} our timeline at the anchor, 90 kHz ticks */
+    this._anchorTime = 0;
+    /** @type {number|null} pts of the previous frame, µs */
+    this._lastPts = null;
+    /** @type {number} frame duration, 90 kHz ticks: 25 fps until pts deltas tell better */
+    this._frameTicks = 3600;
+    /** @type {boolean} B-frames seen (pts went back): decode order differs from presentation */
+    this._reorder = false;
+    // Our own 90 kHz timeline, continuous across reconnects (the camera's clock restarts); it
+    // starts again with each SourceBuffer.
+    /** @type {number} decode time of the last fragment, 90 kHz ticks */
+    this._decodeTime = -1;
+    /** @type {number} highest presentation end so far, 90 kHz ticks */
+    this._end = 0;
+    /** @type {number} moof sequence number */
+    this._sequence = 0;
+    /** @type {number[]} keyframe presentation times, s: the buffer is trimmed only up to one */
+    this._keyTimes = [];
+    /** @type {number} ingest time of the newest queued frame, ms since the epoch; 0: none */
+    this._ingest = 0;
+    /** @type {boolean} frames are dropped until the next keyframe */
+    this._needKey = true;
+    /** @type {number} frames skipped, never appended */
+    this._dropped = 0;
+    video.disableRemotePlayback = true; // ManagedMediaSource wants no AirPlay alternative
+    video.onerror = () => {
+      if (this._mediaSource) this._fail('video: ' + (video.error?.message || 'playback error'));
+    };
+  }
+
+  /** @returns {OutputStats} */
+  get stats() {
+    const quality = this._video.getVideoPlaybackQuality?.();
+    const decoded = quality ? quality.totalVideoFrames : 0;
+    return {
+      decoded,
+      dropped: this._dropped,
+      painted: quality ? decoded - quality.droppedVideoFrames : 0,
+      latency: this._ingest ? Date.now() - this._ingest + this._bufferedAhead() * 1000 : 0,
+    };
+  }
+
+  /** @param {Init} init */
+  async configure(init) {
+    const type = mp4Type(init.codec);
+    this._init = init;
+    this._description = null; // init segment from the SPS/PPS of the next keyframe
+    this._queue = [];
+    this._needKey = true;
+    this._jump = true;
+    this._anchor = true; // map the new stream's pts onto our timeline at its first keyframe
+    this._lastPts = null;
+    this._frameTicks = 3600;
+    this._reorder = false;
+    if (this._sourceBuffer && this._type !== type) {
+      try {
+        this._sourceBuffer.changeType(type);
+        this._type = type;
+      } catch (e) {
+        this._detach();
+      }
+    }
+    if (this._sourceBuffer) return true;
+    const mediaSource = (this._mediaSource = new MediaSourceClass());
+    this._objectUrl = URL.createObjectURL(mediaSource);
+    this._video.src = this._objectUrl;
+    await new Promise((opened) => (mediaSource.onsourceopen = opened));
+    this._revokeUrl();
+    if (mediaSource !== this._mediaSource) return false;
+    let sourceBuffer;
+    try {
+      sourceBuffer = mediaSource.addSourceBuffer(type);
+    } catch (e) {
+      this._detach();
+      throw new Error(`MSE: no SourceBuffer for ${init.codec}: ${e.message}`);
+    }
+    this._sourceBuffer = sourceBuffer;
+    this._type = type;
+    sourceBuffer.onupdateend = () => this._onAppended();
+    this._decodeTime = -1;
+    this._end = 0;
+    this._sequence = 0;
+    this._keyTimes = [];
+    return true;
+  }
+
+  /** @param {Frame} frame */
+  feed(frame) {
+    if (frame.key) this._needKey = false;
+    else if (this._needKey) return void this._dropped++;
+    const units = splitNals(frame.data);
+    if (!this._description) {
+      const description = frame.key && avcConfig(units);
+      if (!description) return this._skip();
+      this._description = description;
+      const { width, height } = this._init;
+      this._queue.push(initSegment(description, width, height));
+    }
+    // Right after the catch-up burst the queue is long and the playhead has yet to jump to the
+    // newest picture: that is not falling behind.
+    const ahead = this._jump ? 0 : this._bufferedAhead();
+    if (!frame.key && !frame.catchup && !this._jump && (this._queue.length > 20 || ahead > 3)) {
+      this._anchor = true; // the video element can't keep up: skip to the next keyframe
+      return this._skip();
+    }
+    const ticks = this._timing(frame);
+    const composition = Math.round(this._anchorTime + (frame.pts - this._anchorPts) * 0.09);
+    // Decode times are the presentation times (composition offset 0, so a decoder has no reason
+    // to hold frames back), held back by two frames only once B-frames reorder them.
+    const decode = Math.max(this._decodeTime + 1,
+      composition - (this._reorder ? 2 * this._frameTicks : 0));
+    if (frame.key) this._keyTimes.push(composition / 90000);
+    this._queue.push(fragment(++this._sequence, decode, composition - decode, ticks, frame.key,
+      units));
+    this._decodeTime = decode;
+    this._end = Math.max(this._end, composition + ticks);
+    this._queueLive = !frame.catchup;
+    this._ingest = frame.ingest;
+    if (frame.key && !frame.catchup && !this._jump && ahead > 1) this._jump = true; // after a skip
+    this._append();
+  }
+
+  suspend() {
+    // The MediaSource stays, so does the last picture; close() lets go of it.
+  }
+
+  close() {
+    this._detach();
+    this._video.onerror = null;
+  }
+
+  _skip() {
+    this._needKey = true;
+    this._dropped++;
+  }
+
+  // Sample duration from pts deltas (the smallest one once B-frames show up); re-anchors the
+  // pts -> timeline mapping on a new stream, after a skip, or when the camera's clock jumps.
+  _timing(frame) {
+    const delta = this._lastPts === null ? 0 : (frame.pts - this._lastPts) * 0.09;
+    this._lastPts = frame.pts;
+    if (delta < 0 && !frame.key) this._reorder = true;
+    if (delta > 450 && delta < 90000) {
+      this._frameTicks = Math.round(this._reorder ? Math.min(this._frameTicks, delta) : delta);
+    }
+    const composition = this._anchorTime + (frame.pts - this._anchorPts) * 0.09;
+    if (frame.key && (this._anchor || Math.abs(composition - this._end) > 90000)) {
+      this._anchor = false;
+      this._anchorPts = frame.pts;
+      this._anchorTime = this._end;
+    }
+    return this._frameTicks;
+  }
+
+  _append() {
+    const sourceBuffer = this._sourceBuffer;
+    if (!sourceBuffer || sourceBuffer.updating || !this._queue.length) return;
+    const parts = this._queue;
+    this._queue = [];
+    this._appendingLive = this._queueLive;
+    try {
+      sourceBuffer.appendBuffer(parts.length === 1 ? parts[0] : concat(parts));
+    } catch (e) {
+      if (e.name !== 'QuotaExceededError') return this._fail('MSE: ' + e.message);
+      this._needKey = true; // buffer full: free some, go on from the next keyframe
+      this._anchor = true;
+      this._trim(true);
+    }
+  }
+
+  _fail(message) {
+    this._detach();
+    this._onFailure(message);
+  }
+
+  _bufferedAhead() {
+    const buffered = this._video.buffered;
+    return buffered.length ? buffered.end(buffered.length - 1) - this._video.currentTime : 0;
   }
 
   // After every append: keep the playhead at the live edge, trim old buffer, append what queued.
-  _mseEdge() {
-    const v = this._v;
-    const b = v.buffered;
-    if (b.length && !v.seeking) {
-      const end = b.end(b.length - 1);
-      const behind = end - v.currentTime;
-      if ((this._jump && this._mLive) || behind > 1.5 || v.currentTime < b.start(b.length - 1)) {
+  _onAppended() {
+    const video = this._video;
+    const buffered = video.buffered;
+    if (buffered.length && !video.seeking) {
+      const start = buffered.start(buffered.length - 1);
+      const end = buffered.end(buffered.length - 1);
+      const behind = end - video.currentTime;
+      if ((this._jump && this._appendingLive) || behind > 1.5 || video.currentTime < start) {
         this._jump = false; // catch-up appended, or far behind: jump to the newest picture
-        v.currentTime = Math.max(b.start(b.length - 1), end - 0.05);
-      } else if (behind > 0.3) v.playbackRate = 1.1;
-      else if (behind < 0.15) v.playbackRate = 1;
-      if (v.paused) v.play().catch(() => {});
+        video.currentTime = Math.max(start, end - 0.05);
+      } else if (behind > 0.3) video.playbackRate = 1.1;
+      else if (behind < 0.15) video.playbackRate = 1;
+      if (video.paused) video.play().catch(() => {});
     }
-    if (!this._mseTrim(false)) this._msePump();
+    if (!this._trim(false)) this._append();
   }
 
   // Remove old media, but only up to a keyframe: removing a keyframe would remove its GOP.
-  _mseTrim(force) {
-    const sb = this._sb;
-    const b = this._v.buffered;
-    if (!sb || sb.updating || !b.length) return false;
-    const keep = this._v.currentTime - (force ? 0.5 : 3);
-    if (!force && keep - b.start(0) < 20) return false;
+  _trim(force) {
+    const sourceBuffer = this._sourceBuffer;
+    const buffered = this._video.buffered;
+    if (!sourceBuffer || sourceBuffer.updating || !buffered.length) return false;
+    const keep = this._video.currentTime - (force ? 0.5 : 3);
+    if (!force && keep - buffered.start(0) < 20) return false;
     let cut = 0;
-    while (this._keys.length && this._keys[0] <= keep) cut = this._keys.shift();
-    if (cut <= b.start(0)) return false;
-    this._keys.unshift(cut);
-    sb.remove(0, cut);
+    while (this._keyTimes.length && this._keyTimes[0] <= keep) cut = this._keyTimes.shift();
+    if (cut <= buffered.start(0)) return false;
+    this._keyTimes.unshift(cut);
+    sourceBuffer.remove(0, cut);
     return true;
+  }
+
+  _revokeUrl() {
+    if (this._objectUrl) URL.revokeObjectURL(this._objectUrl);
+    this._objectUrl = null;
+  }
+
+  // Let go of the MediaSource (and with it the picture).
+  _detach() {
+    const mediaSource = this._mediaSource;
+    if (!mediaSource) return;
+    this._mediaSource = this._sourceBuffer = null;
+    this._queue = [];
+    try {
+      if (mediaSource.readyState === 'open') mediaSource.endOfStream();
+    } catch (e) {
+      // already detached
+    }
+    mediaSource.onsourceopen = null;
+    this._revokeUrl();
+    this._video.removeAttribute('src');
+    this._video.load();
   }
 }
 
-// --- fragmented MP4 for H.264 ------------------------------------------------------------------
+// --- H.264 bitstream helpers -------------------------------------------------------------------
+
+const nalType = (unit) => unit[0] & 31;
+const isSps = (unit) => nalType(unit) === NAL_SPS;
+const isParameterSet = (unit) => nalType(unit) === NAL_SPS || nalType(unit) === NAL_PPS;
 
 // Annex B -> NAL units (start codes and trailing zero bytes removed)
-function splitNals(b) {
+function splitNals(bytes) {
   const out = [];
-  let s = -1;
-  for (let i = 0; i + 2 < b.length; i++) {
-    if (b[i] === 0 && b[i + 1] === 0 && b[i + 2] === 1) {
-      if (s >= 0) out.push(trimEnd(b, s, i));
-      s = i += 3;
+  let start = -1;
+  for (let i = 0; i + 2 < bytes.length; i++) {
+    if (bytes[i] === 0 && bytes[i + 1] === 0 && bytes[i + 2] === 1) {
+      if (start >= 0) out.push(trimEnd(bytes, start, i));
+      start = i += 3;
       i--;
     }
   }
-  if (s >= 0) out.push(trimEnd(b, s, b.length));
-  return out.filter((n) => n.length);
+  if (start >= 0) out.push(trimEnd(bytes, start, bytes.length));
+  return out.filter((unit) => unit.length);
 }
 
-function trimEnd(b, s, e) {
-  while (e > s && b[e - 1] === 0) e--;
-  return b.subarray(s, e);
+function trimEnd(bytes, start, end) {
+  while (end > start && bytes[end - 1] === 0) end--;
+  return bytes.subarray(start, end);
 }
+
+/** NAL units -> one sample: each unit behind its 4-byte length */
+const avcSample = (units) => concat(units.flatMap((unit) => [u32(unit.length), unit]));
 
 function concat(parts) {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
+  const out = new Uint8Array(parts.reduce((n, part) => n + part.length, 0));
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
   }
   return out;
 }
+
+function sameBytes(a, b) {
+  if (!a || !b || a.length !== b.length) return a === b;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+// profile_idc values whose SPS carries chroma_format_idc and bit depths (High and up)
+const HIGH_PROFILES = [100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135];
+
+/**
+ * AVCDecoderConfigurationRecord (ISO/IEC 14496-15 §5.3.3) from a keyframe's SPS and PPS: the
+ * WebCodecs `description` and the body of the MP4 `avcC` box. Null without both.
+ * @param {Uint8Array[]} units
+ */
+function avcConfig(units) {
+  const sps = units.filter(isSps).slice(0, 31);
+  const pps = units.filter((unit) => nalType(unit) === NAL_PPS).slice(0, 255);
+  if (!sps.length || !pps.length || sps[0].length < 4) return null;
+  const [, profile, constraints, level] = sps[0];
+  const parts = [u8([1, profile, constraints, level, 0xff, 0xe0 | sps.length])];
+  for (const unit of sps) parts.push(u16(unit.length), unit);
+  parts.push(u8([pps.length]));
+  for (const unit of pps) parts.push(u16(unit.length), unit);
+  if (HIGH_PROFILES.includes(profile)) {
+    const [chroma, lumaDepth, chromaDepth] = spsFormat(sps[0]);
+    parts.push(u8([0xfc | (chroma & 3), 0xf8 | (lumaDepth & 7), 0xf8 | (chromaDepth & 7), 0]));
+  }
+  return concat(parts);
+}
+
+// chroma_format_idc, bit_depth_luma_minus8 and bit_depth_chroma_minus8 of a High-profile SPS:
+// the first Exp-Golomb fields after seq_parameter_set_id.
+function spsFormat(sps) {
+  const bytes = [];
+  for (let i = 1, zeros = 0; i < sps.length && bytes.length < 24; i++) {
+    if (zeros >= 2 && sps[i] === 3) {
+      zeros = 0; // emulation prevention byte
+      continue;
+    }
+    zeros = sps[i] ? 0 : zeros + 1;
+    bytes.push(sps[i]);
+  }
+  let bit = 24; // after profile_idc, the constraint flags and level_idc
+  const flag = () => (bytes[bit >> 3] >> (7 - (bit++ & 7))) & 1;
+  const ue = () => {
+    let zeros = 0;
+    while (!flag() && zeros < 31) zeros++;
+    let value = 0;
+    for (let i = 0; i < zeros; i++) value = value * 2 + flag();
+    return 2 ** zeros - 1 + value;
+  };
+  ue(); // seq_parameter_set_id
+  const chroma = ue();
+  if (chroma === 3) flag(); // separate_colour_plane_flag
+  return [chroma, ue(), ue()];
+}
+
+// --- fragmented MP4 ------------------------------------------------------------------------------
 
 const u8 = (a) => new Uint8Array(a);
 const u16 = (n) => u8([(n >> 8) & 255, n & 255]);
@@ -668,13 +1142,13 @@ const MATRIX = [0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000].map(u32);
 const box = (type, ...parts) => concat([u32(8 + parts.reduce((n, p) => n + p.length, 0)), str(type), ...parts]);
 const full = (type, vf, ...parts) => box(type, u32(vf), ...parts);
 
-function initSegment(sps, pps, width, height) {
+// ftyp + moov for one H.264 track on a 90 kHz timeline, of unknown duration (live: Chromium then
+// renders with low delay)
+function initSegment(description, width, height) {
   const w = width || 0;
   const h = height || 0;
-  const avcC = box('avcC', u8([1, sps[1], sps[2], sps[3], 0xff, 0xe1]), u16(sps.length), sps,
-    u8([1]), u16(pps.length), pps);
   const avc1 = box('avc1', zeros(6), u16(1), zeros(16), u16(w), u16(h), u32(0x480000),
-    u32(0x480000), zeros(4), u16(1), zeros(32), u16(0x18), u16(0xffff), avcC);
+    u32(0x480000), zeros(4), u16(1), zeros(32), u16(0x18), u16(0xffff), box('avcC', description));
   const stbl = box('stbl', full('stsd', 0, u32(1), avc1), full('stts', 0, u32(0)),
     full('stsc', 0, u32(0)), full('stsz', 0, u32(0), u32(0)), full('stco', 0, u32(0)));
   const minf = box('minf', full('vmhd', 1, zeros(8)),
@@ -691,16 +1165,26 @@ function initSegment(sps, pps, width, height) {
 }
 
 // One moof+mdat per access unit, NAL units length-prefixed.
-function fragment(seq, dts, cts, dur, key, nals) {
-  const data = concat(nals.flatMap((n) => [u32(n.length), n]));
-  const mfhd = full('mfhd', 0, u32(seq));
+function fragment(sequence, decodeTime, offset, duration, key, units) {
+  const data = avcSample(units);
+  const mfhd = full('mfhd', 0, u32(sequence));
   const tfhd = full('tfhd', 0x20000, u32(1)); // default-base-is-moof
-  const tfdt = full('tfdt', 0x1000000, u32(Math.floor(dts / 2 ** 32)), u32(dts >>> 0));
-  const moofLen = 8 + mfhd.length + 8 + tfhd.length + tfdt.length + 36;
-  // version 1: signed composition offsets
-  const trun = full('trun', 0x1000f01, u32(1), u32(moofLen + 8), u32(dur), u32(data.length),
-    u32(key ? 0x2000000 : 0x1010000), u32(cts));
+  const tfdt = full('tfdt', 0x1000000, u32(Math.floor(decodeTime / 2 ** 32)), u32(decodeTime >>> 0));
+  const moofLength = 8 + mfhd.length + 8 + tfhd.length + tfdt.length + 36;
+  // version 1: signed composition offsets. Flags: a keyframe depends on no other sample; any
+  // other frame is not a sync sample.
+  const trun = full('trun', 0x1000f01, u32(1), u32(moofLength + 8), u32(duration),
+    u32(data.length), u32(key ? 0x2000000 : 0x1010000), u32(offset));
   return concat([box('moof', mfhd, box('traf', tfhd, tfdt, trun)), box('mdat', data)]);
+}
+
+// the camera's name in a /ws/<camera> URL
+function cameraOf(url) {
+  try {
+    return decodeURIComponent(new URL(url).pathname.replace(/^.*\/ws\//, ''));
+  } catch (e) {
+    return url;
+  }
 }
 
 if (!customElements.get('cxrelay-player')) customElements.define('cxrelay-player', CxrelayPlayer);

@@ -303,14 +303,18 @@ def test_removing_the_player_releases_everything(page: Any, demo: Daemon) -> Non
     wait_state(page, "live")
     wait_until(lambda: demo.cameras()["demo"]["viewers"] >= 1, 5, "a viewer on the server")
     assert len(sockets) == 1 and not sockets[0].is_closed()
-    page.evaluate("window.removed = document.querySelector('cxrelay-player'); removed.remove()")
+    page.evaluate("""() => { window.removed = document.querySelector('cxrelay-player');
+        window.output = removed._output; window.decoder = output._decoder; removed.remove(); }""")
     wait_until(lambda: sockets[0].is_closed(), 5, "the socket to close", page=page)
     wait_until(lambda: demo.cameras()["demo"]["viewers"] == 0, 5, "no viewers on the server")
-    left = page.evaluate("""() => { const p = window.removed;
-        return {state: p.state, ws: !!p._ws, dec: !!p._dec, io: !!p._io, timer: !!p._timer,
-                raf: !!p._raf, ms: !!p._ms}; }""")
-    assert left == {"state": "idle", "ws": False, "dec": False, "io": False, "timer": False,
-                    "raf": False, "ms": False}
+    left = page.evaluate("""() => { const p = window.removed, out = window.output;
+        return {state: p.state, socket: !!p._socket, output: !!p._output,
+                decoder: decoder.state, observer: !!p._observer, retry: !!p._retryTimer,
+                verdict: !!p._verdictRequest, paint: !!out._paintRequest,
+                pending: !!out._pending}; }""")
+    assert left == {"state": "idle", "socket": False, "output": False, "decoder": "closed",
+                    "observer": False, "retry": False, "verdict": False, "paint": False,
+                    "pending": False}
     page.wait_for_timeout(1200)  # longer than the first reconnect delay: nothing may come back
     assert len(sockets) == 1
 
@@ -321,9 +325,10 @@ def test_mse_player_removed_releases_media_source(page: Any, demo: Daemon) -> No
     wait_state(page, "live", mode="mse")
     page.wait_for_function("document.querySelector('cxrelay-player').stats.decoded > 0")
     left = page.evaluate("""() => { const p = document.querySelector('cxrelay-player');
-        const v = p.shadowRoot.querySelector('video'); p.remove();
-        return {ms: !!p._ms, sb: !!p._sb, src: v.getAttribute('src'), url: p._murl}; }""")
-    assert left == {"ms": False, "sb": False, "src": None, "url": None}
+        const v = p.shadowRoot.querySelector('video'), out = p._output; p.remove();
+        return {output: !!p._output, ms: !!out._mediaSource, sb: !!out._sourceBuffer,
+                src: v.getAttribute('src'), url: out._objectUrl}; }""")
+    assert left == {"output": False, "ms": False, "sb": False, "src": None, "url": None}
     wait_until(lambda: demo.cameras()["demo"]["viewers"] == 0, 5, "no viewers on the server")
 
 
