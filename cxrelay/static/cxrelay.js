@@ -981,6 +981,9 @@ class MseOutput {
 
   // After every append: keep the playhead at the live edge, trim old buffer, append what queued.
   _onAppended() {
+    // `updating` turns false before this event is dispatched, so a frame that came in between
+    // may have started the next append: wait for its end (what it holds decides the jump).
+    if (this._sourceBuffer?.updating) return;
     const video = this._video;
     const buffered = video.buffered;
     if (buffered.length && !video.seeking) {
