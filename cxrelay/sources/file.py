@@ -1,4 +1,4 @@
-"""Recorded files (mp4, mkv, raw .h264), looped forever and paced in real time,
+"""Recorded files (mp4, mkv, raw .h264/.h265), looped forever and paced in real time,
 so a file behaves like a live camera for demos and tests."""
 
 from __future__ import annotations
@@ -8,7 +8,14 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from cxrelay.sources.base import Source, SourceError, StreamInfo, now_us
-from cxrelay.sources.pyav import annexb_packets, describe, open_input, to_us, video_stream
+from cxrelay.sources.pyav import (
+    annexb_packets,
+    describe,
+    open_input,
+    stream_codec,
+    to_us,
+    video_stream,
+)
 
 DEFAULT_FPS = 25
 
@@ -36,7 +43,7 @@ class FileSource(Source):
             end_us = self._play_once(path, offset_us, started, announce=first)
             first = False
             if end_us <= offset_us:
-                raise SourceError(f"{path.name}: no H.264 frames")
+                raise SourceError(f"{path.name}: no video frames")
             offset_us = end_us
 
     def _play_once(self, path: Path, offset_us: int, started: float, announce: bool) -> int:
@@ -45,9 +52,10 @@ class FileSource(Source):
             stream = video_stream(container)
             if announce:
                 self.connected(StreamInfo(
-                    extradata=b"",  # the bitstream filter puts SPS/PPS in-band
+                    extradata=b"",  # the bitstream filter puts the parameter sets in-band
                     transport=None,
                     whole_units=True,
+                    codec=stream_codec(stream),
                 ))
             rate = stream.average_rate or stream.guessed_rate or DEFAULT_FPS
             frame_us = int(1_000_000 / float(rate))

@@ -1,5 +1,5 @@
 """Shared PyAV plumbing: opening with timeouts, turning errors into operator
-reasons, and reading an H.264 stream's packets as Annex B."""
+reasons, and reading an H.264 or H.265 stream's packets as Annex B."""
 
 from __future__ import annotations
 
@@ -48,20 +48,31 @@ def open_input(
         raise SourceError(describe(exc)) from None
 
 
+# FFmpeg's codec name -> cxrelay's (``StreamInfo.codec``). Relayed as they are:
+# cxrelay never decodes or re-encodes.
+CODECS = {"h264": "h264", "hevc": "h265"}
+_TO_ANNEXB = {"h264": "h264_mp4toannexb", "h265": "hevc_mp4toannexb"}
+
+
 def video_stream(container: Any) -> Any:
     if not container.streams.video:
         raise SourceError("no video stream")
     stream = container.streams.video[0]
     name = stream.codec_context.name
-    if name != "h264":
-        raise SourceError(f"codec {name} is not supported (cxrelay relays H.264 only)")
+    if name not in CODECS:
+        raise SourceError(f"codec {name} is not supported (cxrelay relays H.264 and H.265)")
     return stream
 
 
+def stream_codec(stream: Any) -> str:
+    """cxrelay's name for the codec of a stream ``video_stream`` accepted."""
+    return CODECS[stream.codec_context.name]
+
+
 def annexb_packets(container: Any, stream: Any) -> Iterator[Any]:
-    """The stream's packets in Annex B: MP4/MKV carry AVCC (length-prefixed NAL
-    units with SPS/PPS in extradata), which the browser's Annex B decoder
-    can't take."""
+    """The stream's packets in Annex B: MP4/MKV carry length-prefixed NAL units
+    with the parameter sets in extradata (avcC, hvcC), which the browser's
+    Annex B decoder can't take."""
     extradata = stream.codec_context.extradata or b""
     if extradata[:1] != b"\x01":
         for packet in container.demux(stream):
@@ -70,7 +81,7 @@ def annexb_packets(container: Any, stream: Any) -> Iterator[Any]:
         return
     import av.bitstream
 
-    bsf = av.bitstream.BitStreamFilterContext("h264_mp4toannexb", stream)
+    bsf = av.bitstream.BitStreamFilterContext(_TO_ANNEXB[stream_codec(stream)], stream)
     for packet in container.demux(stream):
         if packet.size:
             yield from bsf.filter(packet)

@@ -1,9 +1,10 @@
 """RTSP cameras, demuxed by PyAV (FFmpeg) and never decoded.
 
-By default FFmpeg's H.264 parser is switched off (``fflags=+noparse``): it
+By default FFmpeg's H.264/H.265 parser is switched off (``fflags=+noparse``): it
 holds every access unit until the next one begins, a whole frame of latency,
 and can cut a multi-slice picture in two. Packets then come one NAL unit (or
-STAP-A group) at a time and the hub assembles access units itself.
+STAP-A/AP group, or FU-A/FU fragment) at a time and cxrelay assembles access
+units itself.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import av.error
 
 from cxrelay.sources.base import Source, SourceError, StreamInfo, now_us
-from cxrelay.sources.pyav import describe, open_input, to_us, video_stream
+from cxrelay.sources.pyav import describe, open_input, stream_codec, to_us, video_stream
 
 
 def rtsp_options(transport: str, read_timeout: float, parser: bool) -> dict[str, str]:
@@ -64,6 +65,7 @@ class RtspSource(Source):
                 extradata=bytes(stream.codec_context.extradata or b""),
                 transport=self.camera.transport,
                 whole_units=parser,
+                codec=stream_codec(stream),
             )
         )
         time_base = stream.time_base

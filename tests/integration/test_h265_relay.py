@@ -1,0 +1,133 @@
+"""H.265 cameras end to end: the GStreamer test camera's H.265 mount (x265enc,
+rtph265pay, two slices) in, real WebSocket viewers out. Nothing is re-encoded:
+each message is one whole picture, keyframes carry VPS/SPS/PPS, and the NAL
+units are the camera's own."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import pytest
+
+from cxrelay.config import CameraConfig
+from cxrelay.h264 import split_annexb
+from cxrelay.h265 import IRAP, NAL_PPS, NAL_SPS, NAL_VPS, nal_type, parse_sps
+from cxrelay.protocol import FLAG_KEYFRAME, Frame
+from tests.camera.harness import read_packets
+from tests.camera.stamp import count_slices, find_stamp, find_stamps
+from tests.recordings import DATA
+from tests.support import api_camera, is_init, make_config, running_relay, viewer
+
+pytestmark = pytest.mark.rtsp
+PARAMETER_SETS = [NAL_VPS, NAL_SPS, NAL_PPS]
+
+
+def types(frame: Frame) -> list[int]:
+    return [nal_type(n) for n in split_annexb(frame.payload)]
+
+
+async def live(v: Any, count: int) -> tuple[dict[str, Any], list[Frame]]:
+    """The init, then ``count`` frames."""
+    init = (await v.until(is_init))[-1]
+    frames: list[Frame] = []
+    while len(frames) < count:
+        m = await v.recv()
+        if isinstance(m, Frame):
+            frames.append(m)
+    return init, frames
+
+
+def assert_keyframes_carry_parameter_sets(frames: list[Frame]) -> None:
+    assert frames[0].flags & FLAG_KEYFRAME
+    keyframes = [f for f in frames if f.flags & FLAG_KEYFRAME]
+    assert len(keyframes) >= 2
+    for key in keyframes:
+        kinds = types(key)
+        first_slice = next(i for i, k in enumerate(kinds) if k < 32)
+        assert kinds[first_slice] in IRAP
+        # Each once, in the order a decoder needs them, before the slices.
+        assert [k for k in kinds if k in PARAMETER_SETS] == PARAMETER_SETS
+        assert kinds.index(NAL_PPS) < first_slice
+    for delta in (f for f in frames if not f.flags & FLAG_KEYFRAME):
+        kinds = types(delta)
+        assert not set(kinds) & set(PARAMETER_SETS) and not set(kinds) & IRAP
+
+
+async def test_h265_camera_is_relayed_picture_by_picture_unchanged(rtsp_camera) -> None:
+    cam = rtsp_camera(codec="h265", slices=2, stamp=True, gop=10)
+    async with running_relay(make_config({"cam": cam.url})) as relay, \
+            viewer(relay.server.port, "cam") as v:
+        init, frames = await live(v, 30)
+        # What the camera sends, read at the same time by FFmpeg (its parser on).
+        capture = await asyncio.to_thread(read_packets, cam.url, 30)
+        more = await live_frames(v, 40)
+        assert init["codec"].startswith("hvc1.1.6.L")  # Main profile
+        assert (init["width"], init["height"]) == (640, 360)
+        sps = parse_sps(next(n for n in split_annexb(frames[0].payload)
+                             if nal_type(n) == NAL_SPS))
+        assert sps.codec == init["codec"]
+        frames += more
+        assert_keyframes_carry_parameter_sets(frames)
+        # One message, one whole picture: both slices, one stamp, every picture in order.
+        counters = []
+        for frame in frames:
+            assert count_slices(frame.payload, "h265") == 2
+            (stamp,) = find_stamps(frame.payload)
+            counters.append(stamp[1])
+        assert counters == list(range(counters[0], counters[0] + len(counters)))
+        assert all(a.pts_us != b.pts_us for a, b in itertools.pairwise(frames))
+        # Byte for byte the camera's NAL units (the relay writes 4-byte start codes).
+        camera_units = {find_stamp(unit)[1]: split_annexb(unit) for unit in capture.packets}
+        common = [f for f in frames if find_stamp(f.payload)[1] in camera_units]
+        assert len(common) >= 10
+        for frame in common:
+            assert split_annexb(frame.payload) == camera_units[find_stamp(frame.payload)[1]]
+        info = await api_camera(relay.server.port, "cam")
+        assert (info["codec"], info["width"], info["height"]) == (init["codec"], 640, 360)
+
+
+async def live_frames(v: Any, count: int) -> list[Frame]:
+    frames: list[Frame] = []
+    while len(frames) < count:
+        m = await v.recv()
+        if isinstance(m, Frame):
+            frames.append(m)
+    return frames
+
+
+async def test_h265_sdp_only_parameter_sets_go_in_front_of_each_keyframe(rtsp_camera) -> None:
+    cam = rtsp_camera(codec="h265", params="sdp", gop=8, slices=2)
+    async with running_relay(make_config({"cam": cam.url})) as relay, \
+            viewer(relay.server.port, "cam") as v:
+        init, frames = await live(v, 25)
+        assert init["codec"].startswith("hvc1.")
+        assert_keyframes_carry_parameter_sets(frames)
+        assert all(count_slices(f.payload, "h265") == 2 for f in frames)
+
+
+async def test_h265_with_ffmpegs_parser(rtsp_camera) -> None:
+    """assembly = "parser": FFmpeg's hevc parser cuts the pictures; they come out the same."""
+    cam = rtsp_camera(codec="h265", slices=2, stamp=True, gop=10)
+    camera = CameraConfig(name="cam", url=cam.url, assembly="parser")
+    async with running_relay(make_config([camera])) as relay, \
+            viewer(relay.server.port, "cam") as v:
+        init, frames = await live(v, 25)
+        assert init["codec"].startswith("hvc1.")
+        assert_keyframes_carry_parameter_sets(frames)
+        counters = [find_stamp(f.payload)[1] for f in frames]
+        assert counters == list(range(counters[0], counters[0] + len(counters)))
+        assert all(count_slices(f.payload, "h265") == 2 for f in frames)
+
+
+async def test_h265_file_with_an_hvcc_record() -> None:
+    """A Matroska file keeps its parameter sets in the hvcC record only: the
+    file source turns the stream into Annex B with them in front of each keyframe."""
+    path = str(DATA / "h265_extradata_only.mkv")
+    async with running_relay(make_config({"file": path})) as relay, \
+            viewer(relay.server.port, "file") as v:
+        init, frames = await live(v, 30)
+        assert (init["codec"], init["width"], init["height"]) == ("hvc1.1.6.L63.90", 640, 360)
+        assert_keyframes_carry_parameter_sets(frames)
+        assert all(count_slices(f.payload, "h265") == 2 for f in frames)
