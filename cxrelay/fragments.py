@@ -19,13 +19,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Before any fragment has been seen, a NAL unit this big may be a first
-# fragment: no MTU leaves less room than this for one.
-_UNKNOWN_FRAGMENT_GUESS = 1000
+# fragment: no camera's MTU leaves less room than this for one. Whole NAL
+# units seen raise the bar: a packet that carried one that big carries first
+# fragments at least as big, less a byte. (Holding a whole NAL unit by
+# mistake costs the idle flush's few milliseconds.)
+_UNKNOWN_FRAGMENT_GUESS = 400
 
 
 @dataclass(slots=True)
 class NalChunk:
-    data: bytes  # Annex B: one or more complete NAL units, with start codes
+    data: bytes  # Annex B: complete NAL units with start codes (or orphaned bytes: junk)
     pts_us: int
     ingest_us: int  # arrival of the packet that completed it
 
@@ -50,6 +53,7 @@ class FragmentJoiner:
         self._open = False  # the last NAL unit may still get continuation bytes
         self._first_len = 0  # length of the last NAL unit of the latest start packet
         self.fragment_size = 0  # learned: the size of a full continuation packet
+        self._smallest_first = _UNKNOWN_FRAGMENT_GUESS  # while fragment_size is unknown
 
     @property
     def pending(self) -> bool:
@@ -62,6 +66,9 @@ class FragmentJoiner:
             return []
         if not _starts_with_start_code(data):
             return self._continue(data, ingest_us)
+        if len(self._parts) == 1:
+            # The NAL unit held got no continuation: it was whole.
+            self._smallest_first = max(self._smallest_first, self._first_len - 1)
         out = self.flush()
         self._parts = [data]
         self._pts = pts_us
@@ -71,14 +78,20 @@ class FragmentJoiner:
             # A first fragment holds the rebuilt NAL header plus one full fragment.
             self._open = last >= self.fragment_size + self._header_size
         else:
-            self._open = last >= _UNKNOWN_FRAGMENT_GUESS
+            self._open = last >= self._smallest_first
         if not self._open:
             out.extend(self.flush())
         return out
 
     def _continue(self, data: bytes, ingest_us: int) -> list[NalChunk]:
         if not self._parts:
-            return []  # its first fragment was lost: the assembler drops the picture
+            # Nothing held to join these bytes to: their first fragment was lost,
+            # or went out as whole before the fragment size was known. They go
+            # on as they are, without a start code: junk that makes the
+            # assembler drop their picture rather than send it cut short.
+            # A continuation is never longer than a full fragment.
+            self.fragment_size = max(self.fragment_size, len(data))
+            return [NalChunk(data, self._pts, ingest_us)]
         if len(self._parts) == 1:
             # Its start packet was a first fragment, and first fragments are
             # full: the rebuilt NAL header plus exactly one fragment's bytes.

@@ -56,7 +56,8 @@ def assert_keyframes_carry_parameter_sets(frames: list[Frame]) -> None:
 
 
 async def test_h265_camera_is_relayed_picture_by_picture_unchanged(rtsp_camera) -> None:
-    cam = rtsp_camera(codec="h265", slices=2, stamp=True, gop=10)
+    # A small MTU: NAL units cut in several FU fragments, which the relay rejoins.
+    cam = rtsp_camera(codec="h265", slices=2, stamp=True, gop=10, mtu=500)
     async with running_relay(make_config({"cam": cam.url})) as relay, \
             viewer(relay.server.port, "cam") as v:
         init, frames = await live(v, 30)

@@ -59,14 +59,36 @@ def test_full_size_last_fragment_waits_for_next_packet_or_flush() -> None:
     assert [c.pts_us for c in out] == [6, 7]
 
 
-def test_orphan_continuation_is_dropped() -> None:
+def test_orphan_continuation_is_passed_on_as_junk() -> None:
     """Continuation bytes whose first fragment was lost: nothing to join them
-    to (the assembler then drops the picture that lacks the slice)."""
+    to. They go on without a start code, so the assembler drops their picture."""
     j = FragmentJoiner()
-    assert j.push(b"\x12\x34", 0, 0) == []
+    lost_first, *orphans = packets_for(nal(0x65, 5000))
+    for index, orphan in enumerate(orphans):
+        assert [(c.data, c.ingest_us) for c in j.push(orphan, 0, index)] == [(orphan, index)]
     assert not j.pending
+    # A continuation is never longer than a full fragment: what is learned
+    # from orphans is never too big.
+    assert j.fragment_size == 1386
     small = SC + nal(0x41, 50)
     assert [c.data for c in j.push(small, 1, 1)] == [small]
+
+
+def test_small_mtu_before_the_fragment_size_is_known() -> None:
+    """First fragments shorter than the guess: the NAL unit goes out as if
+    whole, and its continuations as junk (the picture is dropped, never sent
+    cut short); from then on the size is known and NAL units are rejoined."""
+    j = FragmentJoiner(header_size=2)
+    first = nal(0x26, 3 * 300)  # an H.265 IDR slice: two header bytes
+    body = first[2:]
+    pieces = [SC + first[:2] + body[:300], body[300:600], body[600:]]
+    out = [c.data for p in pieces for c in j.push(p, 0, 0)]
+    assert out == [pieces[0], pieces[1], pieces[2]] and j.fragment_size == 300
+    second = nal(0x02, 2 * 300 + 10)
+    body = second[2:]
+    pieces = [SC + second[:2] + body[:300], body[300:600], body[600:]]
+    out = [c.data for p in pieces for c in j.push(p, 40, 0)]
+    assert out == [SC + second]
 
 
 def test_large_unfragmented_nal_before_learning_is_held_not_lost() -> None:
@@ -89,3 +111,17 @@ def test_fragment_size_is_learned_from_the_first_fragment() -> None:
     slice_ = nal(0x41, 600)
     assert [c.data for c in j.push(SC + slice_, 40, 40)] == [SC + slice_]
     assert not j.pending
+
+
+def test_whole_nal_units_seen_raise_the_bar_for_holding() -> None:
+    """A camera whose NAL units all fit one packet: each big one is held once
+    (it could be a first fragment), until bigger ones have shown that packets
+    are at least that big; then NAL units below that go out at once."""
+    j = FragmentJoiner()
+    held = nal(0x41, 900)
+    assert j.push(SC + held, 0, 0) == [] and j.pending
+    assert [c.data for c in j.push(SC + nal(0x09, 2), 40, 40)] == [SC + held, SC + nal(0x09, 2)]
+    assert j.fragment_size == 0  # nothing learned about fragments
+    smaller = nal(0x41, 880)
+    assert [c.data for c in j.push(SC + smaller, 80, 80)] == [SC + smaller]
+    assert j.push(SC + nal(0x41, 899), 120, 120) == []  # a first fragment of a 900-byte MTU
