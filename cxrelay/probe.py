@@ -13,27 +13,21 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cxrelay import h264, h265
 from cxrelay.config import TRANSPORTS, validate_url
-from cxrelay.h264 import (
-    NAL_PPS,
-    NAL_SPS,
-    H264Error,
-    Sps,
-    nal_type,
-    parse_extradata,
-    parse_sps,
-    split_annexb,
-)
+from cxrelay.h264 import split_annexb
 from cxrelay.ingest import Ingest, IngestResult, StreamInfo
 from cxrelay.redact import redact_text, redact_url, url_secrets
 from cxrelay.sources.base import SourceError
-from cxrelay.sources.pyav import describe, open_input, to_us, video_stream
+from cxrelay.sources.pyav import describe, open_input, stream_codec, to_us, video_stream
 from cxrelay.sources.rtsp import rtsp_options
 
-__all__ = ["ProbeReport", "format_report", "level_name", "probe", "profile_name"]
+__all__ = ["ProbeReport", "browsers", "format_report", "h265_level_name", "h265_profile_name",
+           "level_name", "probe", "profile_name"]
 
 # Past this, a viewer who joins when the GOP cache can't help waits too long.
 LONG_KEYFRAME_INTERVAL = 4.0
@@ -51,9 +45,12 @@ class ProbeReport:
     connect_seconds: float | None = None  # until the camera streams (DESCRIBE, SETUP, PLAY)
     first_keyframe_seconds: float | None = None  # from the start, connecting included
     seconds_read: float = 0.0
-    codec: str | None = None  # RFC 6381 ("avc1.64001f") for H.264; else FFmpeg's name
-    profile: str | None = None  # "High", "Constrained Baseline", ...
+    codec: str | None = None  # RFC 6381 ("avc1.64001f", "hvc1.1.6.L93.B0"); else FFmpeg's name
+    profile: str | None = None  # "High", "Constrained Baseline", "Main 10", ...
     level: str | None = None  # "3.1"
+    tier: str | None = None  # H.265: "Main" or "High"
+    # Whether common browsers can decode it: {"Chrome/Edge": "yes", ...}
+    browsers: dict[str, str] = field(default_factory=dict)
     width: int | None = None
     height: int | None = None
     fps: float | None = None  # measured from the timestamps
@@ -63,8 +60,8 @@ class ProbeReport:
     keyframes: int = 0
     frames: int = 0
     bitrate: int | None = None  # bits per second, measured
-    params_inband: bool = False  # SPS and PPS seen in the stream itself
-    params_in_sdp: bool = False  # SPS and PPS in the SDP (sprop-parameter-sets)
+    params_inband: bool = False  # SPS and PPS (and H.265's VPS) seen in the stream itself
+    params_in_sdp: bool = False  # ... in the SDP (sprop-parameter-sets, sprop-vps/sps/pps)
     b_frames: bool = False  # frames come out of presentation order
     warnings: list[str] = field(default_factory=list)
 
@@ -105,6 +102,72 @@ def level_name(level_idc: int, profile_idc: int = 0, constraint_flags: int = 0) 
     return f"{major}.{minor}" if minor else str(major)
 
 
+_H265_PROFILES = {
+    1: "Main", 2: "Main 10", 3: "Main Still Picture", 4: "Format Range Extensions",
+    5: "High Throughput", 6: "Multiview Main", 7: "Scalable Main", 8: "3D Main",
+    9: "Screen Content Coding", 10: "Scalable Format Range Extensions",
+    11: "High Throughput Screen Content Coding",
+}
+
+
+def h265_profile_name(profile_idc: int, compatibility_flags: int = 0) -> str:
+    """The H.265 profile's name (A.3); with profile_idc 0, the first profile
+    the stream says it conforms to."""
+    if profile_idc not in _H265_PROFILES:
+        profile_idc = next((j for j in range(1, 32) if compatibility_flags >> (31 - j) & 1),
+                           profile_idc)
+    return _H265_PROFILES.get(profile_idc, f"profile {profile_idc}")
+
+
+def h265_level_name(level_idc: int) -> str:
+    """"3.1" for general_level_idc 93 (30 times the level)."""
+    major, minor = divmod(level_idc, 30)
+    return f"{major}.{minor // 3}" if minor else str(major)
+
+
+# What Safari, Chrome/Edge and Firefox decode, by format and profile (field notes:
+# Chrome and Edge decode H.265 only with a platform/hardware decoder, Firefox
+# only in recent versions and with one too; Safari does).
+_HARDWARE = "only with a hardware H.265 decoder"
+_H265_BROWSERS = {
+    "Main": {"Safari": "yes", "Chrome/Edge": _HARDWARE, "Firefox": "rarely: " + _HARDWARE},
+    "Main 10": {"Safari": "yes", "Chrome/Edge": _HARDWARE, "Firefox": "rarely: " + _HARDWARE},
+}
+
+
+def browsers(format_: str, profile: str) -> dict[str, str]:
+    """Whether common browsers can decode a stream of this format and profile."""
+    if format_ == "H.264":
+        ok = profile in ("Constrained Baseline", "Baseline", "Main", "High",
+                         "Constrained High", "Progressive High")
+        answer = "yes" if ok else "unlikely (not Baseline, Main or High)"
+        return dict.fromkeys(("Chrome/Edge", "Firefox", "Safari"), answer)
+    return _H265_BROWSERS.get(profile, dict.fromkeys(
+        ("Chrome/Edge", "Firefox", "Safari"), f"unlikely ({profile}: few decoders take it)"))
+
+
+@dataclass(frozen=True)
+class _Format:
+    """What the probe reads of a codec's stream."""
+
+    name: str  # "H.264"
+    nal_type: Callable[[bytes], int]
+    sps: int  # the SPS's NAL unit type
+    parameter_sets: frozenset[int]  # all of them needed to decode
+    parse_sps: Callable[[bytes], Any]
+    parse_extradata: Callable[[bytes], list[bytes]]
+    error: type[ValueError]
+
+
+_FORMATS = {
+    "h264": _Format("H.264", h264.nal_type, h264.NAL_SPS,
+                    frozenset({h264.NAL_SPS, h264.NAL_PPS}), h264.parse_sps,
+                    h264.parse_extradata, h264.H264Error),
+    "h265": _Format("H.265", h265.nal_type, h265.NAL_SPS, h265.PARAMETER_SETS,
+                    h265.parse_sps, h265.parse_extradata, h265.H265Error),
+}
+
+
 # --- measuring --------------------------------------------------------------------------------
 
 
@@ -119,32 +182,32 @@ class _Meter:
     (with FFmpeg's parser off, one or a few NAL units per packet, or a FU-A
     fragment of one) go through the relay's own ``Ingest``."""
 
-    def __init__(self, started: float, extradata: bytes = b"") -> None:
+    def __init__(self, started: float, extradata: bytes = b"", codec: str = "h264") -> None:
         self.started = started
         self.bytes = 0
         self.units: list[_Unit] = []
-        self.sps: Sps | None = None
-        self.sps_seen = False
-        self.pps_seen = False
+        self.sps: Any = None
+        self.params_seen: set[int] = set()
         self.first_keyframe_at: float | None = None
-        self.use_extradata(extradata)
+        self.use_extradata(extradata, codec)
 
-    def use_extradata(self, extradata: bytes) -> None:
-        """The SDP's parameter sets, before the first packet."""
+    def use_extradata(self, extradata: bytes, codec: str = "h264") -> None:
+        """The stream's codec and the SDP's parameter sets, before the first packet."""
+        self.format = _FORMATS[codec]
         # Pictures before the first keyframe count too: a camera that never
         # sends one is what the probe must report.
-        self._ingest = Ingest(StreamInfo(extradata, None, whole_units=False),
+        self._ingest = Ingest(StreamInfo(extradata, None, whole_units=False, codec=codec),
                               from_keyframe=False)
 
     def packet(self, data: bytes, pts_us: int, now: float) -> None:
         self.bytes += len(data)
-        for nal in split_annexb(data):  # none in a FU-A continuation (no start code)
-            kind = nal_type(nal)
-            if kind == NAL_SPS:
-                self.sps_seen = True
-                self.sps = _parse_sps(nal) or self.sps
-            elif kind == NAL_PPS:
-                self.pps_seen = True
+        form = self.format
+        for nal in split_annexb(data):  # none in a fragment's continuation (no start code)
+            kind = form.nal_type(nal)
+            if kind in form.parameter_sets:
+                self.params_seen.add(kind)
+                if kind == form.sps:
+                    self.sps = _parse_sps(form, nal) or self.sps
         received_us = round(now * 1e6)
         # The relay's idle timer would have fired while this reader waited.
         self._count(self._ingest.flush(received_us))
@@ -164,7 +227,7 @@ class _Meter:
         report.frames = len(self.units)
         report.keyframes = sum(u.keyframe for u in self.units)
         report.first_keyframe_seconds = self.first_keyframe_at
-        report.params_inband = self.sps_seen and self.pps_seen
+        report.params_inband = self.params_seen == self.format.parameter_sets
         stamps = [u.pts for u in self.units]
         report.b_frames = any(b < a for a, b in itertools.pairwise(stamps))
         distinct = sorted(set(stamps))
@@ -186,31 +249,41 @@ class _Meter:
             report.keyframe_interval_seconds, report.keyframe_interval_frames = longest
 
 
-def _parse_sps(nal: bytes) -> Sps | None:
+def _parse_sps(form: _Format, nal: bytes) -> Any:
     try:
-        return parse_sps(nal)
-    except H264Error:
+        return form.parse_sps(nal)
+    except form.error:
         return None
 
 
-def _sdp_parameter_sets(extradata: bytes) -> tuple[bool, Sps | None]:
-    """Whether the SDP carried both SPS and PPS, and its SPS."""
+def _sdp_parameter_sets(form: _Format, extradata: bytes) -> tuple[bool, Any]:
+    """Whether the SDP carried all the parameter sets, and its SPS."""
     try:
-        nals = parse_extradata(extradata)
-    except H264Error:
+        nals = form.parse_extradata(extradata)
+    except form.error:
         return False, None
-    types = [nal_type(n) for n in nals]
-    sps = next((s for n in nals if nal_type(n) == NAL_SPS if (s := _parse_sps(n))), None)
-    return NAL_SPS in types and NAL_PPS in types, sps
+    types = {form.nal_type(n) for n in nals}
+    sps = next((s for n in nals if form.nal_type(n) == form.sps
+                if (s := _parse_sps(form, n))), None)
+    return types == form.parameter_sets, sps
 
 
-def _describe_sps(report: ProbeReport, sps: Sps) -> None:
+def _describe_sps(report: ProbeReport, form: _Format, sps: Any) -> None:
     report.codec = sps.codec
-    report.profile = profile_name(sps.profile_idc, sps.constraint_flags)
-    report.level = level_name(sps.level_idc, sps.profile_idc, sps.constraint_flags)
     report.width, report.height = sps.width, sps.height
     report.sps_fps = sps.fps
-    if sps.max_num_reorder_frames:
+    if isinstance(sps, h265.Sps):
+        ptl = sps.ptl
+        report.profile = h265_profile_name(ptl.profile_idc, ptl.compatibility_flags)
+        report.level = h265_level_name(ptl.level_idc)
+        report.tier = "High" if ptl.tier_flag else "Main"
+        reorder = sps.max_num_reorder_pics
+    else:
+        report.profile = profile_name(sps.profile_idc, sps.constraint_flags)
+        report.level = level_name(sps.level_idc, sps.profile_idc, sps.constraint_flags)
+        reorder = sps.max_num_reorder_frames
+    report.browsers = browsers(form.name, report.profile)
+    if reorder:
         report.b_frames = True
 
 
@@ -249,7 +322,7 @@ def probe(
     meter.finish()
     meter.fill(report, report.seconds_read)
     if meter.sps is not None:
-        _describe_sps(report, meter.sps)  # what the stream uses beats what the SDP said
+        _describe_sps(report, meter.format, meter.sps)  # the stream's beats the SDP's
     if report.error is None and report.frames == 0:
         report.error = f"no video in {report.seconds_read:.1f} s"
     report.ok = report.error is None
@@ -268,13 +341,14 @@ def _url_problem(url: str) -> str | None:
 def _read(container: Any, report: ProbeReport, meter: _Meter, seconds: float) -> None:
     video = container.streams.video
     if video:
-        report.codec = video[0].codec_context.name  # replaced by avc1.* once the SPS is known
-    stream = video_stream(container)  # SourceError for no video, or not H.264
+        report.codec = video[0].codec_context.name  # replaced by avc1/hvc1 once the SPS is known
+    stream = video_stream(container)  # SourceError for no video, or neither H.264 nor H.265
+    codec = stream_codec(stream)
     extradata = bytes(stream.codec_context.extradata or b"")
-    report.params_in_sdp, sdp_sps = _sdp_parameter_sets(extradata)
-    meter.use_extradata(extradata)
+    meter.use_extradata(extradata, codec)
+    report.params_in_sdp, sdp_sps = _sdp_parameter_sets(meter.format, extradata)
     if sdp_sps is not None:
-        _describe_sps(report, sdp_sps)
+        _describe_sps(report, meter.format, sdp_sps)
     time_base = stream.time_base
     begin = time.monotonic()
     pts_us = 0
@@ -305,8 +379,8 @@ def _warnings(r: ProbeReport) -> list[str]:
         out.append(f"keyframes only every {r.keyframe_interval_seconds:.1f} s: a new viewer "
                    "may wait that long for a picture; 1-2 s is best for live viewing")
     if r.frames and not (r.params_inband or r.params_in_sdp):
-        out.append("no SPS/PPS seen, neither in the stream nor in the SDP: browsers "
-                   "cannot decode this stream")
+        out.append(f"no {_params_name(r)} seen, neither in the stream nor in the SDP: "
+                   "browsers cannot decode this stream")
     if r.b_frames:
         out.append("the stream has B-frames, which add delay: turn them off in the camera "
                    "if you can (a Baseline or Main profile, 'low latency' mode)")
@@ -314,6 +388,9 @@ def _warnings(r: ProbeReport) -> list[str]:
             int(r.codec[5:7], 16) not in BROWSER_PROFILES:
         out.append(f"{r.profile} profile: browsers may not decode it; use Baseline, Main "
                    "or High")
+    if _format_name(r) == "H.265":
+        out.append("H.265: Safari plays it, but Chrome, Edge and Firefox only with a hardware "
+                   "H.265 decoder; for viewers without one, use the camera's H.264 sub-stream")
     if r.fps and r.sps_fps and abs(r.fps - r.sps_fps) > 0.2 * r.sps_fps:
         out.append(f"the camera sends {r.fps:.1f} fps but declares {r.sps_fps:g} fps")
     return out
@@ -332,8 +409,14 @@ def format_report(report: ProbeReport) -> str:
     if r.first_keyframe_seconds is not None:
         lines.append(("first keyframe", f"after {r.first_keyframe_seconds:.2f} s"))
     if r.codec:
-        detail = f"H.264 {r.profile}, level {r.level} ({r.codec})" if r.profile else r.codec
+        detail = r.codec
+        if r.profile:
+            tier = f", {r.tier} tier" if r.tier else ""
+            detail = f"{_format_name(r)} {r.profile}, level {r.level}{tier} ({r.codec})"
         lines.append(("codec", detail))
+    if r.browsers:
+        lines.append(("browsers", "; ".join(f"{name}: {answer}"
+                                            for name, answer in sorted(r.browsers.items()))))
     if r.width and r.height:
         lines.append(("size", f"{r.width}x{r.height}"))
     if r.fps or r.sps_fps:
@@ -349,13 +432,23 @@ def format_report(report: ProbeReport) -> str:
     if r.bitrate:
         lines.append(("bitrate", f"{r.bitrate / 1e6:.2f} Mbit/s"))
     if r.frames:
-        lines.append(("SPS/PPS", _params_text(r)))
+        lines.append((_params_name(r), _params_text(r)))
         lines.append(("B-frames", "yes" if r.b_frames else "no"))
         lines.append(("read", f"{r.frames} frames in {r.seconds_read:.1f} s"))
     width = max(len(k) for k, _ in lines)
     text = [f"{key:<{width}}  {value}" for key, value in lines]
     text += [f"warning: {w}" for w in r.warnings]
     return "\n".join(text)
+
+
+def _format_name(r: ProbeReport) -> str | None:
+    """"H.264" or "H.265", from the RFC 6381 codec string."""
+    prefix = (r.codec or "")[:4]
+    return {"avc1": "H.264", "avc3": "H.264", "hvc1": "H.265", "hev1": "H.265"}.get(prefix)
+
+
+def _params_name(r: ProbeReport) -> str:
+    return "VPS/SPS/PPS" if _format_name(r) == "H.265" else "SPS/PPS"
 
 
 def _params_text(r: ProbeReport) -> str:

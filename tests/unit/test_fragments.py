@@ -63,7 +63,7 @@ def test_orphan_continuation_is_passed_on_as_junk() -> None:
     """Continuation bytes whose first fragment was lost: nothing to join them
     to. They go on without a start code, so the assembler drops their picture."""
     j = FragmentJoiner()
-    lost_first, *orphans = packets_for(nal(0x65, 5000))
+    _lost_first, *orphans = packets_for(nal(0x65, 5000))
     for index, orphan in enumerate(orphans):
         assert [(c.data, c.ingest_us) for c in j.push(orphan, 0, index)] == [(orphan, index)]
     assert not j.pending
