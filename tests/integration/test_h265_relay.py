@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any
 
 import pytest
 
@@ -17,8 +16,9 @@ from cxrelay.h265 import IRAP, NAL_PPS, NAL_SPS, NAL_VPS, nal_type, parse_sps
 from cxrelay.protocol import FLAG_KEYFRAME, Frame
 from tests.camera.harness import read_packets
 from tests.camera.stamp import count_slices, find_stamp, find_stamps
+from tests.integration.test_relay_rtsp import first_live_frames
 from tests.recordings import DATA
-from tests.support import api_camera, is_init, make_config, running_relay, viewer
+from tests.support import api_camera, make_config, running_relay, viewer
 
 pytestmark = pytest.mark.rtsp
 PARAMETER_SETS = [NAL_VPS, NAL_SPS, NAL_PPS]
@@ -26,17 +26,6 @@ PARAMETER_SETS = [NAL_VPS, NAL_SPS, NAL_PPS]
 
 def types(frame: Frame) -> list[int]:
     return [nal_type(n) for n in split_annexb(frame.payload)]
-
-
-async def live(v: Any, count: int) -> tuple[dict[str, Any], list[Frame]]:
-    """The init, then ``count`` frames."""
-    init = (await v.until(is_init))[-1]
-    frames: list[Frame] = []
-    while len(frames) < count:
-        m = await v.recv()
-        if isinstance(m, Frame):
-            frames.append(m)
-    return init, frames
 
 
 def assert_keyframes_carry_parameter_sets(frames: list[Frame]) -> None:
@@ -60,16 +49,15 @@ async def test_h265_camera_is_relayed_picture_by_picture_unchanged(rtsp_camera) 
     cam = rtsp_camera(codec="h265", slices=2, stamp=True, gop=10, mtu=500)
     async with running_relay(make_config({"cam": cam.url})) as relay, \
             viewer(relay.server.port, "cam") as v:
-        init, frames = await live(v, 30)
         # What the camera sends, read at the same time by FFmpeg (its parser on).
-        capture = await asyncio.to_thread(read_packets, cam.url, 30)
-        more = await live_frames(v, 40)
+        reading = asyncio.create_task(asyncio.to_thread(read_packets, cam.url, 30))
+        init, frames = await first_live_frames(v, 70)
+        capture = await reading
         assert init["codec"].startswith("hvc1.1.6.L")  # Main profile
         assert (init["width"], init["height"]) == (640, 360)
         sps = parse_sps(next(n for n in split_annexb(frames[0].payload)
                              if nal_type(n) == NAL_SPS))
         assert sps.codec == init["codec"]
-        frames += more
         assert_keyframes_carry_parameter_sets(frames)
         # One message, one whole picture: both slices, one stamp, every picture in order.
         counters = []
@@ -89,20 +77,11 @@ async def test_h265_camera_is_relayed_picture_by_picture_unchanged(rtsp_camera) 
         assert (info["codec"], info["width"], info["height"]) == (init["codec"], 640, 360)
 
 
-async def live_frames(v: Any, count: int) -> list[Frame]:
-    frames: list[Frame] = []
-    while len(frames) < count:
-        m = await v.recv()
-        if isinstance(m, Frame):
-            frames.append(m)
-    return frames
-
-
 async def test_h265_sdp_only_parameter_sets_go_in_front_of_each_keyframe(rtsp_camera) -> None:
     cam = rtsp_camera(codec="h265", params="sdp", gop=8, slices=2)
     async with running_relay(make_config({"cam": cam.url})) as relay, \
             viewer(relay.server.port, "cam") as v:
-        init, frames = await live(v, 25)
+        init, frames = await first_live_frames(v, 25)
         assert init["codec"].startswith("hvc1.")
         assert_keyframes_carry_parameter_sets(frames)
         assert all(count_slices(f.payload, "h265") == 2 for f in frames)
@@ -114,7 +93,7 @@ async def test_h265_with_ffmpegs_parser(rtsp_camera) -> None:
     camera = CameraConfig(name="cam", url=cam.url, assembly="parser")
     async with running_relay(make_config([camera])) as relay, \
             viewer(relay.server.port, "cam") as v:
-        init, frames = await live(v, 25)
+        init, frames = await first_live_frames(v, 25)
         assert init["codec"].startswith("hvc1.")
         assert_keyframes_carry_parameter_sets(frames)
         counters = [find_stamp(f.payload)[1] for f in frames]
@@ -128,7 +107,7 @@ async def test_h265_file_with_an_hvcc_record() -> None:
     path = str(DATA / "h265_extradata_only.mkv")
     async with running_relay(make_config({"file": path})) as relay, \
             viewer(relay.server.port, "file") as v:
-        init, frames = await live(v, 30)
+        init, frames = await first_live_frames(v, 30)
         assert (init["codec"], init["width"], init["height"]) == ("hvc1.1.6.L63.90", 640, 360)
         assert_keyframes_carry_parameter_sets(frames)
         assert all(count_slices(f.payload, "h265") == 2 for f in frames)
