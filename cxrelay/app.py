@@ -21,6 +21,7 @@ from cxrelay import __version__
 from cxrelay.cameras import Cameras
 from cxrelay.config import Config, ConfigError, plan_reload
 from cxrelay.logs import add_secrets
+from cxrelay.looplag import LoopLag
 from cxrelay.metrics import Metrics
 from cxrelay.sdnotify import Notifier, status_line, watchdog_loop
 from cxrelay.server import RelayServer
@@ -46,6 +47,7 @@ class Relay:
         self.config = config
         self.reload_config = reload_config
         self.metrics = Metrics()
+        self.loop_lag = LoopLag(self.metrics.loop_lag)
         self.cameras = Cameras(self.metrics, config.server.viewer_backlog)
         self.server: RelayServer | None = None
         self.started = asyncio.Event()
@@ -76,6 +78,7 @@ class Relay:
 
     async def startup(self) -> None:
         loop = asyncio.get_running_loop()
+        self.loop_lag.start()
         add_secrets(self.config.secrets())
         for camera in self.config.cameras:
             self.cameras.add(camera)
@@ -129,6 +132,7 @@ class Relay:
         self.notifier.stopping()
         for task in self._tasks:
             task.cancel()
+        self.loop_lag.stop()
         if self.server is not None:
             self.server.close()  # stop accepting; viewers get 1001
         await self.cameras.close("server shutting down")

@@ -2,8 +2,9 @@
 
 The hub runs entirely on the event loop. Its source thread hands it whole
 pictures (its ``Ingest`` rejoins and assembles them there); the hub keeps the
-GOP cache and fans frames out to each viewer's bounded backlog. It never
-awaits a viewer.
+GOP cache and fans frames out: each frame's WebSocket bytes are built once
+(``wire.Outgoing``) and handed to every viewer, which writes them to its socket
+or, if that is backed up, to its own bounded backlog. It never awaits a viewer.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from cxrelay.protocol import (
     status_message,
 )
 from cxrelay.sources import Source, SourceSink, StreamInfo, create_source
+from cxrelay.wire import Outgoing
 
 log = structlog.get_logger("cxrelay.camera")
 
@@ -77,10 +79,11 @@ class Subscriber(Protocol):
     def send_text(self, text: str) -> None:
         """A control message; never dropped."""
 
-    def send_frame(self, message: bytes, *, keyframe: bool) -> int:
-        """A live frame (protocol v1, shared by every viewer: don't modify it).
-        Returns how many frames the viewer dropped to stay within its limits
-        (it logs why itself)."""
+    def send_frame(self, frame: Outgoing) -> int:
+        """A live frame, framed once and shared by every viewer (don't modify
+        it; a viewer that writes ``frame.wire`` as it is counts itself in
+        ``frame.delivered``). Returns how many frames the viewer dropped to
+        stay within its limits (it logs why itself)."""
 
     async def close(self, code: int, reason: str) -> None:
         """Close the viewer's connection (camera removed, relay stopping)."""
@@ -179,7 +182,7 @@ class CameraHub:
 
     # --- viewers --------------------------------------------------------------------------------
 
-    def new_backlog(self) -> Backlog:
+    def new_backlog(self) -> Backlog[Any]:
         return self.limits.new_backlog()
 
     def attach(self, viewer: Subscriber) -> None:
@@ -322,9 +325,14 @@ class CameraHub:
         self._frames_in.inc()
         self._bytes_in.inc(len(unit.data))
         self._rate.add(unit.ingest_us, len(unit.data))
+        if not self.viewers:
+            return
+        frame = Outgoing.frame(message, keyframe=unit.keyframe)
         dropped = 0
         for viewer in self.viewers:
-            dropped += viewer.send_frame(message, keyframe=unit.keyframe)
+            dropped += viewer.send_frame(frame)
+        if frame.delivered:  # counted once for every viewer it went straight to
+            self.metrics.delivered(len(frame.wire), frame.ingest_us, frame.delivered)
         if dropped:
             self._dropped_slow.inc(dropped)
 

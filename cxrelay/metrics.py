@@ -3,7 +3,10 @@ own (so two relays in one process, as in tests, never collide)."""
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import time
+from collections.abc import Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -13,7 +16,10 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from cxrelay.protocol import CameraState
 
@@ -22,6 +28,43 @@ disable_created_metrics()
 
 # From well under a frame to "something is badly wrong".
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LOOP_LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+
+
+class Deliveries(Collector):
+    """Bytes written to viewers and the relay latency of each frame written:
+    counted on the fan-out's hot path as plain numbers (a prometheus_client
+    counter or histogram takes a lock per call, several per observation), and
+    turned into a counter and a histogram when scraped."""
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = buckets
+        self.sent_bytes = 0
+        self.counts = [0] * (len(buckets) + 1)  # the last: above every bound (+Inf)
+        self.latency_sum = 0.0
+
+    def add(self, nbytes: int, ingest_us: int | None, count: int = 1) -> None:
+        """``count`` frames of ``nbytes`` each, written now; a frame's latency
+        runs from its ingest time (None: not a live frame, no latency)."""
+        self.sent_bytes += nbytes * count
+        if ingest_us is None:
+            return
+        latency = max(0.0, time.time() - ingest_us / 1e6)
+        self.counts[bisect.bisect_left(self.bounds, latency)] += count
+        self.latency_sum += latency * count
+
+    def collect(self) -> Iterator[Metric]:
+        sent = CounterMetricFamily("cxrelay_sent_bytes", "Bytes written to viewers")
+        sent.add_metric([], self.sent_bytes)
+        yield sent
+        cumulative, buckets = 0, []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))
+        latency = HistogramMetricFamily("cxrelay_relay_latency_seconds",
+                                        "From ingest to written on the viewer's socket")
+        latency.add_metric([], buckets, self.latency_sum)
+        yield latency
 
 
 class Metrics:
@@ -42,12 +85,15 @@ class Metrics:
         self.camera_viewers = Gauge("cxrelay_camera_viewers", "Viewers of the camera", cam,
                                     registry=r)
         self.viewers = Gauge("cxrelay_viewers", "Viewers connected", registry=r)
-        self.bytes_sent = Counter("cxrelay_sent_bytes", "Bytes written to viewers", registry=r)
         self.frames_dropped = Counter("cxrelay_frames_dropped", "Frames not delivered, by reason",
                                       ["reason"], registry=r)
-        self.latency = Histogram("cxrelay_relay_latency_seconds",
-                                 "From ingest to written on the viewer's socket",
-                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.deliveries = Deliveries()
+        r.register(self.deliveries)
+        self.delivered = self.deliveries.add
+        self.loop_lag = Histogram("cxrelay_loop_lag_seconds",
+                                  "How late the event loop ran a timer: the longest "
+                                  "stretch anything held the loop",
+                                  buckets=LOOP_LAG_BUCKETS, registry=r)
         for reason in ("slow_viewer", "gop_cache_overflow", "partial", "corrupt"):
             self.frames_dropped.labels(reason)
 

@@ -35,6 +35,7 @@ from cxrelay.config import Config, ConfigError
 from cxrelay.metrics import Metrics
 from cxrelay.protocol import CLOSE_GOING_AWAY, CLOSE_POLICY
 from cxrelay.viewer import Viewer, peer_address
+from cxrelay.wire import HIGH_WATER, LOW_WATER, RelayConnection
 
 log = structlog.get_logger("cxrelay.server")
 
@@ -129,6 +130,10 @@ class RelayServer:
             ping_interval=cfg.ping_interval or None,
             ping_timeout=cfg.ping_timeout or None,
             close_timeout=2,
+            # The video path writes to the transport itself (viewer.py); these
+            # are the marks of its flow control.
+            write_limit=(HIGH_WATER, LOW_WATER),
+            create_connection=RelayConnection,
             ssl=self._ssl_context(),
         )
 
@@ -258,6 +263,7 @@ class RelayServer:
     # --- viewers ------------------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
+        assert isinstance(ws, RelayConnection)  # serve(create_connection=...)
         request = ws.request
         assert request is not None  # the handshake is done when the handler runs
         name = request_path(request.path)[4:]

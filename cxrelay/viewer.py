@@ -1,11 +1,22 @@
 """A viewer session: one WebSocket, from the upgrade to its close.
 
-The hub never awaits a viewer. It drops messages into each viewer's backlog
-(synchronously, on the loop, through ``hub.Subscriber``) and wakes its pump;
-a slow socket only ever blocks its own pump, and the backlog policy bounds
-what piles up meanwhile. The rest of a session lives here too: its place in
-the per-client connection count, its token's expiry, what it may send, and
-its log lines.
+The hub never awaits a viewer. It hands each live frame, framed once for
+everybody (``wire.Outgoing``), to every viewer synchronously, on the loop,
+through ``hub.Subscriber``; a viewer whose socket has room writes the bytes
+straight to its transport, there and then: no task, no copy. Only a viewer
+whose transport is backed up queues into its own bounded backlog, which its
+drain task empties when the transport says it has drained. The backlog policy
+bounds what piles up meanwhile, counting what already waits in the transport.
+
+Every server-to-client data message (init, status, frames) goes through this
+one path, so they stay in order; never call ``ws.send`` for them. websockets
+writes only control frames itself (pongs, keepalive pings, the close), whole
+frames between ours, and once it starts closing we write nothing more.
+
+The rest of a session lives here too: its place in the per-client connection
+count, its token's expiry, what it may send, the bounds on a client that stops
+reading (drain timeout) or floods pings without reading the pongs, and its log
+lines.
 """
 
 from __future__ import annotations
@@ -13,14 +24,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from typing import TYPE_CHECKING
+from collections import deque
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from cxrelay.access import Claims, ConnectionLimiter
-from cxrelay.backlog import Backlog
+from cxrelay.backlog import Backlog, Entry
 from cxrelay.metrics import Metrics
 from cxrelay.protocol import (
     CLOSE_INTERNAL,
@@ -28,14 +39,20 @@ from cxrelay.protocol import (
     CLOSE_TRY_AGAIN,
     CLOSE_UNSUPPORTED,
     FLAG_CATCHUP,
-    HEADER,
+    FLAG_DISCONTINUITY,
     with_flags,
 )
+from cxrelay.wire import HIGH_WATER, OPEN, Outgoing, RelayConnection, binary_frame, text_frame
 
 if TYPE_CHECKING:
     from cxrelay.hub import CameraHub
 
 log = structlog.get_logger("cxrelay.viewer")
+
+DEFAULT_DRAIN_TIMEOUT = 30.0
+# Pongs (and other replies) websockets may queue for a client whose socket is
+# not draining before that client is closed: a ping flood that never reads.
+MAX_UNREAD_REPLIES = 256 * 1024
 
 _ids = itertools.count(1)
 # Closes started from a timer: held here until done (the loop keeps only weak references).
@@ -46,7 +63,7 @@ def monotonic_us() -> int:
     return time.monotonic_ns() // 1000
 
 
-def peer_address(connection: ServerConnection) -> str:
+def peer_address(connection: Any) -> str:
     address = connection.remote_address
     return str(address[0]) if address else "unknown"
 
@@ -55,51 +72,187 @@ class Viewer:
     """One viewer: a ``hub.Subscriber`` with its own bounded backlog, and the
     owner of its session (``watch``)."""
 
-    def __init__(self, ws: ServerConnection, backlog: Backlog, metrics: Metrics,
-                 camera: str | None = None) -> None:
+    def __init__(self, ws: RelayConnection, backlog: Backlog[Any], metrics: Metrics,
+                 camera: str | None = None, *,
+                 drain_timeout: float = DEFAULT_DRAIN_TIMEOUT) -> None:
         self.id = f"v{next(_ids)}"
         self.ws = ws
+        assert ws.raw is not None, "the connection has no transport yet"
+        self.transport = ws.raw
+        # Frames of the backlog are Outgoing; control messages their WebSocket bytes.
         self.backlog = backlog
         self.metrics = metrics
+        self.drain_timeout = drain_timeout
         self.sent_frames = 0
         self.log = log.bind(**({"camera": camera} if camera else {}), viewer=self.id)
+        # True while nothing waits: live frames may go straight to the transport.
+        self._direct = False
+        # What join() hands over before live frames: control messages (str) and
+        # the GOP cache's frames (bytes, still to be flagged as catch-up).
+        self._pending: deque[str | bytes] = deque()
         self._wake = asyncio.Event()
-        self._first: list[str] = []
-        self._catchup: list[bytes] = []
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._trouble: str | None = None  # why we closed it, for its last log line
+        ws.on_drained = self._drained
+        ws.on_paused = self._paused
+        ws.on_replies = self._replies
 
     # --- Subscriber: the hub's calls, on the loop ---------------------------------------------
 
     def join(self, first: list[str], catchup: list[bytes]) -> None:
         """What a joining viewer gets before live frames: init/status, then the
         GOP cache. Kept aside rather than queued so the backlog's bounds apply
-        to live frames only."""
-        self._first = first
-        self._catchup = catchup
+        to live frames only. Joining again (another stream) starts over: frames
+        not yet written are forgotten."""
+        self.backlog.clear_frames()
+        self._pending.clear()
+        self._pending.extend(first)
+        self._pending.extend(catchup)
         if not catchup:
             self.backlog.wait_for_keyframe()
-        self._wake.set()
+        self._direct = False
+        self._flush()
 
     def send_text(self, text: str) -> None:
-        self.backlog.put_text(text, monotonic_us())
-        self._wake.set()
+        if self._direct and self._room() and self.ws.state is OPEN:
+            self.transport.write(text_frame(text))
+            return
+        self.backlog.put_text(text_frame(text), monotonic_us())
+        self._direct = False
+        self._flush()
 
-    def send_frame(self, message: bytes, *, keyframe: bool) -> int:
-        overflows = self.backlog.overflows
-        dropped = self.backlog.put_frame(message, keyframe=keyframe, now_us=monotonic_us())
-        self._wake.set()
-        if self.backlog.overflows != overflows:  # one line per overflow, not per frame
-            self.log.info("frames dropped", frames=dropped, reason="slow viewer")
-        return dropped
+    def send_frame(self, frame: Outgoing) -> int:
+        # The hot path: once per viewer per frame, for most viewers all there is.
+        if self._direct and self.transport.get_write_buffer_size() <= HIGH_WATER \
+                and self.ws.state is OPEN:
+            self.transport.write(frame.wire)
+            frame.delivered += 1
+            self.sent_frames += 1
+            return 0
+        return self._queue_frame(frame)
 
     async def close(self, code: int, reason: str) -> None:
         await self.ws.close(code, reason)
+
+    # --- the write path -------------------------------------------------------------------------
+
+    def _room(self) -> bool:
+        """May more bytes go to the transport now? (The one place that decides.)"""
+        return self.transport.get_write_buffer_size() <= HIGH_WATER
+
+    def _queue_frame(self, frame: Outgoing) -> int:
+        if self.ws.state is not OPEN:
+            self._abandon()
+            return 0
+        overflows = self.backlog.overflows
+        dropped = self.backlog.put_frame(
+            frame, len(frame.wire), keyframe=frame.keyframe, now_us=monotonic_us(),
+            buffered=self.transport.get_write_buffer_size())
+        if self.backlog.overflows != overflows:  # one line per overflow, not per frame
+            self.log.info("frames dropped", frames=dropped, reason="slow viewer")
+        self._direct = False
+        self._flush()
+        return dropped
+
+    def _flush(self) -> None:
+        """Write what waits, in order, while the transport has room; then, if
+        nothing waits any more, let live frames go straight through again."""
+        if self.ws.state is not OPEN:
+            self._abandon()
+            return
+        transport = self.transport
+        while self._room():
+            if self._pending:
+                item = self._pending.popleft()
+                if isinstance(item, str):
+                    transport.write(text_frame(item))
+                else:
+                    self._write_frame(with_flags(item, FLAG_CATCHUP), None)
+                continue
+            entry = self.backlog.pop()
+            if entry is None:
+                self._direct = not self.backlog.waiting_for_keyframe
+                return
+            self._write_entry(entry)
+
+    def _write_entry(self, entry: Entry[Any]) -> None:
+        if not entry.frame:
+            self.transport.write(entry.item)
+            return
+        frame: Outgoing = entry.item
+        if entry.discontinuity:
+            self._write_frame(with_flags(frame.message, FLAG_DISCONTINUITY), frame.ingest_us)
+        else:
+            self.transport.write(frame.wire)
+            self.sent_frames += 1
+            self.metrics.delivered(len(frame.wire), frame.ingest_us)
+
+    def _write_frame(self, message: bytes, ingest_us: int | None) -> None:
+        """A frame of this viewer's own (catch-up, discontinuity): framed here."""
+        wire = binary_frame(message)
+        self.transport.write(wire)
+        self.sent_frames += 1
+        self.metrics.delivered(len(wire), ingest_us)  # catch-up (None): old by design
+
+    def _abandon(self) -> None:
+        """websockets is closing the connection: nothing more may be written."""
+        self._direct = False
+        self._pending.clear()
+        self.backlog.clear_frames()
+        while self.backlog.pop() is not None:
+            pass
+
+    def _drained(self) -> None:
+        """The transport drained to its low-water mark (asyncio's resume_writing)."""
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        if not self._direct:
+            self._wake.set()
+
+    async def drain(self) -> None:
+        """The drain task: only a backed-up viewer ever wakes it."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._flush()
+
+    # --- clients that stop reading ----------------------------------------------------------------
+
+    def _paused(self) -> None:
+        """The transport's buffer went above its high-water mark."""
+        if self._stall_timer is None and self.drain_timeout > 0:
+            self._stall_timer = asyncio.get_running_loop().call_later(
+                self.drain_timeout, self._stalled)
+
+    def _stalled(self) -> None:
+        self._stall_timer = None
+        self._close_soon(CLOSE_POLICY, "not reading",
+                         f"its socket has not drained for {self.drain_timeout:g} s")
+
+    def _replies(self, unread: int) -> None:
+        """websockets queued more answers (pongs) for a client whose socket is not draining."""
+        if unread > MAX_UNREAD_REPLIES and self._trouble is None:
+            self.transport.pause_reading()  # its pings now wait in its own socket
+            self._close_soon(CLOSE_POLICY, "too many pings",
+                             "it sends pings and does not read the pongs")
+
+    def _close_soon(self, code: int, reason: str, why: str) -> None:
+        if self._trouble is not None:
+            return
+        self._trouble = why
+        self.log.warning("viewer closed", reason=why, code=code)
+        self._abandon()
+        task = asyncio.ensure_future(self.ws.close(code, reason))
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
 
     # --- the session ----------------------------------------------------------------------------
 
     async def watch(self, hub: CameraHub, *, claims: Claims | None,
                     limiter: ConnectionLimiter) -> None:
         """The whole session of an admitted viewer: counted against its
-        client's limit, attached to the hub, pumped until either side closes
+        client's limit, attached to the hub, fed until either side closes
         (or its token expires), then detached."""
         ws = self.ws
         peer = peer_address(ws)
@@ -109,10 +262,10 @@ class Viewer:
         self.log.info("viewer joined", peer=peer,
                       **({"subject": claims.subject} if claims and claims.subject else {}))
         started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        drain = loop.create_task(self._drain())
         hub.attach(self)
         self.metrics.viewers.inc()
-        loop = asyncio.get_running_loop()
-        pump = loop.create_task(self._pump())
         expiry = None
         if claims is not None:
             expiry = loop.call_later(max(0.0, claims.remaining()), self._expire)
@@ -120,13 +273,17 @@ class Viewer:
         try:
             reason = await self._receive()
         finally:
-            pump.cancel()
+            drain.cancel()
             if expiry is not None:
                 expiry.cancel()
+            if self._stall_timer is not None:
+                self._stall_timer.cancel()
             hub.detach(self)
             limiter.release(peer)
             self.metrics.viewers.dec()
-            if ws.close_code is not None and reason == "closed":
+            if self._trouble is not None:
+                reason = self._trouble
+            elif ws.close_code is not None and reason == "closed":
                 reason = f"closed {ws.close_code}" + (f" {ws.close_reason}" if ws.close_reason
                                                        else "")
             self.log.info("viewer left", reason=reason, frames=self.sent_frames,
@@ -137,11 +294,9 @@ class Viewer:
         _closing.add(task)
         task.add_done_callback(_closing.discard)
 
-    async def _pump(self) -> None:
+    async def _drain(self) -> None:
         try:
-            await self.pump()
-        except ConnectionClosed:
-            pass
+            await self.drain()
         except Exception:
             self.log.exception("viewer failed")
             await self.ws.close(CLOSE_INTERNAL, "internal error")
@@ -157,25 +312,3 @@ class Viewer:
         except ConnectionClosed:
             pass
         return "closed"
-
-    async def pump(self) -> None:
-        """Send everything, in order, until the connection closes."""
-        ws = self.ws
-        for text in self._first:
-            await ws.send(text)
-        catchup, self._catchup = self._catchup, []
-        for message in catchup:
-            await ws.send(with_flags(message, FLAG_CATCHUP))
-            self.metrics.bytes_sent.inc(len(message))
-        while True:
-            item = self.backlog.pop()
-            if item is None:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            await ws.send(item)
-            if isinstance(item, bytes):
-                self.sent_frames += 1
-                self.metrics.bytes_sent.inc(len(item))
-                ingest_us = HEADER.unpack_from(item)[2]
-                self.metrics.latency.observe(max(0.0, time.time() - ingest_us / 1e6))

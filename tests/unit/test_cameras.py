@@ -8,6 +8,7 @@ from cxrelay.cameras import Cameras
 from cxrelay.config import CameraConfig, Config, ServerConfig, plan_reload
 from cxrelay.hub import Subscriber
 from cxrelay.metrics import Metrics
+from cxrelay.wire import Outgoing
 
 
 class RecordingViewer:
@@ -21,7 +22,7 @@ class RecordingViewer:
     def send_text(self, text: str) -> None:
         self.texts.append(text)
 
-    def send_frame(self, message: bytes, *, keyframe: bool) -> int:
+    def send_frame(self, frame: Outgoing) -> int:
         return 0
 
     async def close(self, code: int, reason: str) -> None:
