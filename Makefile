@@ -11,6 +11,8 @@ SYSTEM_PYTHON := /usr/bin/python3
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian puts some tools the tests run in sbin (tc, nginx), which a user's PATH lacks.
+export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
 # python3-venv: Debian's python3 makes no virtual environment without it.
