@@ -21,6 +21,7 @@ from cxrelay.config import (
     ConfigError,
     load_config,
     parse_camera_option,
+    parse_substream_option,
     with_overrides,
 )
 
@@ -40,11 +41,13 @@ def main() -> None:
 
 
 def build_config(
-    config_path: str | None, cameras: tuple[str, ...], **overrides: Any
+    config_path: str | None, cameras: tuple[str, ...], substreams: tuple[str, ...] = (),
+    **overrides: Any
 ) -> Config:
     base = load_config(config_path) if config_path else Config()
     extra = tuple(parse_camera_option(c) for c in cameras)
-    return with_overrides(base, cameras=extra, **overrides)
+    subs = tuple(parse_substream_option(s) for s in substreams)
+    return with_overrides(base, cameras=extra, substreams=subs, **overrides)
 
 
 @main.command()
@@ -53,6 +56,11 @@ def build_config(
 @click.option("--camera", "cameras", multiple=True, metavar="NAME=URL", envvar="CXRELAY_CAMERA",
               help="Add a camera (repeatable): rtsp://, rtsps://, file:// or a file path. "
                    "[env: CXRELAY_CAMERA, space-separated]")
+@click.option("--substream", "substreams", multiple=True, metavar="NAME=URL",
+              envvar="CXRELAY_SUBSTREAM",
+              help="Give camera NAME (from --camera or the config file) a sub-stream, its "
+                   "smaller second stream, for wall tiles (repeatable).  "
+                   "[env: CXRELAY_SUBSTREAM, space-separated]")
 @click.option("--host", envvar="CXRELAY_HOST",
               help="Address to listen on.  [default: 127.0.0.1; env: CXRELAY_HOST]")
 @click.option("--port", type=click.IntRange(0, 65535), envvar="CXRELAY_PORT",
@@ -68,7 +76,8 @@ def build_config(
               help="auto: console on a terminal, JSON otherwise.  [env: CXRELAY_LOG_FORMAT]")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
               envvar="CXRELAY_LOG_LEVEL", help="[default: info; env: CXRELAY_LOG_LEVEL]")
-def serve(config_path: str | None, cameras: tuple[str, ...], host: str | None,
+def serve(config_path: str | None, cameras: tuple[str, ...], substreams: tuple[str, ...],
+          host: str | None,
           port: int | None, allowed_origins: tuple[str, ...], demo: bool,
           log_format: str | None, log_level: str | None) -> None:
     """Run the relay."""
@@ -77,7 +86,7 @@ def serve(config_path: str | None, cameras: tuple[str, ...], host: str | None,
                  "log_level": log_level and log_level.lower()}
 
     def reload_config() -> Config:
-        return build_config(config_path, cameras, **overrides)
+        return build_config(config_path, cameras, substreams, **overrides)
 
     try:
         config = reload_config()

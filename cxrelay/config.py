@@ -46,13 +46,30 @@ class CameraConfig:
     max_viewers: int = 0  # 0: unlimited
     assembly: str = "nal"
     gop_cache_bytes: int = DEFAULT_GOP_CACHE_BYTES
+    # The camera's second, smaller stream (most CCTV cameras offer one), for
+    # walls of tiles; may carry credentials like ``url``. Always on demand.
+    substream: str | None = None
 
     @property
     def safe_url(self) -> str:
         return redact_url(self.url)
 
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """The names of the camera's streams: "main", and "sub" if it has one."""
+        return ("main", "sub") if self.substream else ("main",)
+
+    def stream(self, name: str) -> CameraConfig:
+        """The settings one stream's source and hub run with: the sub-stream
+        has its own URL and is pulled only while watched (cameras cap their
+        RTSP sessions at 2-4, so an unwatched one must not hold one)."""
+        if name == "main" or not self.substream:
+            return replace(self, substream=None)
+        return replace(self, url=self.substream, on_demand=True, substream=None)
+
     def __repr__(self) -> str:  # dataclass repr would print the password
-        return f"CameraConfig(name={self.name!r}, url={self.safe_url!r})"
+        sub = f", substream={redact_url(self.substream)!r}" if self.substream else ""
+        return f"CameraConfig(name={self.name!r}, url={self.safe_url!r}{sub})"
 
 
 # Marks the settings of the open listening socket: a reload can't change them
@@ -107,7 +124,8 @@ class Config:
 
     def secrets(self) -> tuple[str, ...]:
         """What no log line may show: camera credentials and the token secret."""
-        found = [s for c in self.cameras for s in url_secrets(c.url)]
+        found = [s for c in self.cameras for url in (c.url, c.substream) if url
+                 for s in url_secrets(url)]
         if self.auth.secret:
             found.append(self.auth.secret)
         return tuple(found)
@@ -278,10 +296,15 @@ def validate_url(url: str) -> str | None:
     return None
 
 
-def with_password(url: str, password: str) -> str:
-    """Put a password (from the environment or a credentials file) into the URL."""
+def is_rtsp(url: str) -> bool:
+    return url.lower().startswith(("rtsp://", "rtsps://"))
+
+
+def with_password(url: str, password: str, user: str | None = None) -> str:
+    """Put a password (from the environment or a credentials file) into the URL,
+    with the URL's user name (``user`` when it has none)."""
     parts = urlsplit(url)
-    user = parts.username or ""
+    user = parts.username or user or ""
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
@@ -304,11 +327,18 @@ def _camera(where: str, data: Any, env: Mapping[str, str]) -> CameraConfig:
         raise s.err("url", "missing")
     if problem := validate_url(url):
         raise s.err("url", problem)
+    substream = s.get("substream", str, None)
+    if substream is not None and (problem := validate_url(substream)):
+        raise s.err("substream", problem)
     password = s.secret("password")
     if password is not None:
-        if not url.lower().startswith(("rtsp://", "rtsps://")):
+        if not is_rtsp(url):
             raise s.err("password", "only rtsp:// and rtsps:// cameras take a password")
         url = with_password(url, password)
+        if substream is not None and is_rtsp(substream):
+            # The same camera, the same account: a sub-stream URL without a
+            # user name takes the main URL's.
+            substream = with_password(substream, password, user=urlsplit(url).username)
     camera = CameraConfig(
         name=name,
         url=url,
@@ -321,6 +351,7 @@ def _camera(where: str, data: Any, env: Mapping[str, str]) -> CameraConfig:
         assembly=s.choice("assembly", "nal", ASSEMBLY),
         gop_cache_bytes=s.integer("gop_cache_bytes", DEFAULT_GOP_CACHE_BYTES,
                                   minimum=0, maximum=1 << 30),
+        substream=substream,
     )
     s.finish()
     return camera
@@ -431,22 +462,33 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     return replace(config, path=name)
 
 
-def parse_camera_option(option: str) -> CameraConfig:
-    """``NAME=URL`` from ``--camera``."""
+def _name_and_url(flag: str, option: str) -> tuple[str, str]:
     name, sep, url = option.partition("=")
     if not sep:
-        raise ConfigError(f"--camera {redact_url(option)!r}: expected NAME=URL")
+        raise ConfigError(f"{flag} {redact_url(option)!r}: expected NAME=URL")
     if problem := validate_camera_name(name):
-        raise ConfigError(f"--camera {name}: {problem}")
+        raise ConfigError(f"{flag} {name}: {problem}")
     if problem := validate_url(url):
-        raise ConfigError(f"--camera {name}: {problem}")
+        raise ConfigError(f"{flag} {name}: {problem}")
+    return name, url
+
+
+def parse_camera_option(option: str) -> CameraConfig:
+    """``NAME=URL`` from ``--camera``."""
+    name, url = _name_and_url("--camera", option)
     return CameraConfig(name=name, url=url)
+
+
+def parse_substream_option(option: str) -> tuple[str, str]:
+    """``NAME=URL`` from ``--substream``: the sub-stream of camera NAME."""
+    return _name_and_url("--substream", option)
 
 
 def with_overrides(
     config: Config,
     *,
     cameras: tuple[CameraConfig, ...] = (),
+    substreams: tuple[tuple[str, str], ...] = (),
     demo: bool = False,
     host: str | None = None,
     port: int | None = None,
@@ -475,4 +517,10 @@ def with_overrides(
     extra = cameras + ((CameraConfig(name="demo", url=DEMO_URL),) if demo else ())
     all_cameras = config.cameras + extra
     check_unique(all_cameras)
+    subs = dict(substreams)
+    for name in subs:
+        if name not in {c.name for c in all_cameras}:
+            raise ConfigError(f"--substream {name}: no camera named {name!r}")
+    all_cameras = tuple(replace(c, substream=subs[c.name]) if c.name in subs else c
+                        for c in all_cameras)
     return replace(config, server=server, log=log, cameras=all_cameras)

@@ -1,4 +1,8 @@
-"""One hub per camera: one upstream connection shared by all its viewers.
+"""One hub per camera stream: one upstream connection shared by all its viewers.
+
+A camera has a main stream and may have a sub-stream (cameras.Camera holds
+both); each is a hub of its own, with its own source, ingest, GOP cache and
+``init``.
 
 The hub runs entirely on the event loop. Its source thread hands it whole
 pictures (its ``Ingest`` rejoins and assembles them there); the hub keeps the
@@ -10,6 +14,7 @@ or, if that is backed up, to its own bounded backlog. It never awaits a viewer.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -22,8 +27,11 @@ from cxrelay.gop import GopCache
 from cxrelay.ingest import AccessUnit, IngestResult, StreamParams
 from cxrelay.metrics import Metrics
 from cxrelay.protocol import (
+    ALL_FRAMES,
     FLAG_DISCONTINUITY,
     FLAG_KEYFRAME,
+    KEYFRAMES,
+    MAIN,
     CameraState,
     encode_frame,
     init_message,
@@ -38,6 +46,12 @@ STATS_WINDOW_US = 5_000_000
 
 # Makes a camera's source (a thread, not yet started) that reports to the sink.
 SourceFactory = Callable[[CameraConfig, SourceSink, asyncio.AbstractEventLoop], Source]
+# The camera's streams and their sizes as far as known, for ``init``.
+StreamList = Callable[[], list[dict[str, Any]]]
+
+
+def wall_clock_us() -> int:
+    return time.time_ns() // 1000
 
 
 class RateMeter:
@@ -72,9 +86,12 @@ class Subscriber(Protocol):
     """A viewer, as the hub sees it (the mirror of ``SourceSink``). Called on
     the loop; nothing but ``close`` may block, as the hub never awaits a viewer."""
 
-    def join(self, first: list[str], catchup: list[bytes]) -> None:
+    def join(self, first: list[str], catchup: list[bytes], *, still: bool = False) -> None:
         """Joining: control messages (init, status), then the frames since the
-        last keyframe; with no frames, the viewer starts at the next keyframe."""
+        last keyframe; with no frames, the viewer starts at the next keyframe.
+        ``still``: ``catchup`` is the newest keyframe alone, a picture to show
+        (not to decode and skip). A viewer may join again (another stream):
+        what it had queued from the last one is then void."""
 
     def send_text(self, text: str) -> None:
         """A control message; never dropped."""
@@ -98,21 +115,25 @@ class CameraHub:
         loop: asyncio.AbstractEventLoop,
         limits: BacklogLimits | None = None,
         source_factory: SourceFactory = create_source,
+        stream: str = MAIN,
+        streams: StreamList | None = None,
     ) -> None:
-        self.camera = camera
+        self.camera = camera  # this stream's settings (CameraConfig.stream)
+        self.stream = stream
         self.limits = limits or BacklogLimits()  # each new viewer's backlog; a reload may change it
         self.metrics = metrics
         self.loop = loop
         self.viewers: set[Subscriber] = set()
+        self._motion: set[Subscriber] = set()  # the viewers of every frame, not keyframes only
+        self._streams = streams or (lambda: [self.size()])
         self.state = CameraState.IDLE
         self.reason: str | None = None
         self.last_error: str | None = None
-        self.log = log.bind(camera=camera.name)
+        self.log = log.bind(camera=camera.name, stream=stream)
         self._source_factory = source_factory
         self._source: Source | None = None
         self._retired: list[Source] = []
         self._gop = GopCache(camera.gop_cache_bytes)
-        self._init: str | None = None
         self._stream_key: tuple[str, int, int] | None = None
         self._need_init = True
         self._connections = 0
@@ -120,11 +141,11 @@ class CameraHub:
         self._linger_timer: asyncio.TimerHandle | None = None
         self._last_keyframe_us: int | None = None
         self._rate = RateMeter()
-        metrics.add_camera(camera.name)
+        metrics.add_stream(camera.name, stream)
         # Labelled children looked up once: labels() takes a lock, and these
         # are counted for every frame.
-        self._frames_in = metrics.frames_in.labels(camera.name)
-        self._bytes_in = metrics.bytes_in.labels(camera.name)
+        self._frames_in = metrics.frames_in.labels(camera.name, stream)
+        self._bytes_in = metrics.bytes_in.labels(camera.name, stream)
         self._dropped_slow = metrics.frames_dropped.labels("slow_viewer")
 
     @property
@@ -160,7 +181,7 @@ class CameraHub:
         viewers = list(self.viewers)
         await asyncio.gather(*(v.close(code, reason) for v in viewers), return_exceptions=True)
         await self.wait_sources_stopped(2.0)
-        self.metrics.remove_camera(self.name)
+        self.metrics.remove_stream(self.name, self.stream)
 
     async def wait_sources_stopped(self, timeout: float) -> None:
         retired, self._retired = self._retired, []
@@ -185,27 +206,41 @@ class CameraHub:
     def new_backlog(self) -> Backlog[Any]:
         return self.limits.new_backlog()
 
-    def attach(self, viewer: Subscriber) -> None:
+    def attach(self, viewer: Subscriber, *, keyframes: bool = False) -> None:
+        """A viewer joins: every frame, or (``keyframes``) keyframes only, stills
+        for a thumbnail grid at a keyframe interval's fraction of the cost."""
         self._cancel_linger()
         if self.camera.on_demand:
             self._start_source()
         first: list[str] = []
-        if self._init is not None:
-            first.append(self._init)
+        if self._stream_key is not None:
+            first.append(self.init_message(keyframes=keyframes))
         first.append(status_message(self.state, self.reason))
         catchup = self._gop.snapshot() if self.state == CameraState.LIVE else []
-        viewer.join(first, catchup)
+        if keyframes:
+            viewer.join(first, catchup[:1], still=True)
+        else:
+            viewer.join(first, catchup)
+            self._motion.add(viewer)
         self.viewers.add(viewer)
         self._viewers_changed()
 
     def detach(self, viewer: Subscriber) -> None:
         self.viewers.discard(viewer)
+        self._motion.discard(viewer)
         self._viewers_changed()
         if self.camera.on_demand and not self.viewers and self._source is not None:
             self._linger_timer = self.loop.call_later(self.camera.linger, self._linger_expired)
 
     def _viewers_changed(self) -> None:
-        self.metrics.camera_viewers.labels(self.name).set(len(self.viewers))
+        self.metrics.camera_viewers.labels(self.name, self.stream).set(len(self.viewers))
+
+    def init_message(self, *, keyframes: bool) -> str:
+        """The stream's ``init``, made now (it carries the relay's clock)."""
+        assert self._stream_key is not None
+        return init_message(self.name, *self._stream_key, stream=self.stream,
+                            frames=KEYFRAMES if keyframes else ALL_FRAMES,
+                            streams=self._streams(), time_us=wall_clock_us())
 
     def _linger_expired(self) -> None:
         self._linger_timer = None
@@ -225,7 +260,7 @@ class CameraHub:
         if (state, reason) == (self.state, self.reason):
             return
         self.state, self.reason = state, reason
-        self.metrics.set_state(self.name, state)
+        self.metrics.set_state(self.name, self.stream, state)
         if state == CameraState.IDLE:
             return  # nobody is watching an idle camera
         message = status_message(state, reason)
@@ -238,11 +273,17 @@ class CameraHub:
         self._rate.clear()
         self._last_keyframe_us = None
 
+    def size(self) -> dict[str, Any]:
+        """The stream's name and picture size (None until it has been pulled once)."""
+        _, width, height = self._stream_key or (None, None, None)
+        return {"name": self.stream, "width": width, "height": height}
+
     def info(self) -> dict[str, Any]:
         fps, bitrate = self._rate.rates() if self.state == CameraState.LIVE else (None, None)
         codec, width, height = self._stream_key or (None, None, None)
         return {
             "name": self.name,
+            "stream": self.stream,
             "state": self.state,
             "codec": codec,
             "width": width,
@@ -267,7 +308,7 @@ class CameraHub:
         self._connections += 1
         details = {"transport": info.transport} if info.transport else {}
         if self._failing_reason is not None or self._connections > 1:
-            self.metrics.reconnects.labels(self.name).inc()
+            self.metrics.reconnects.labels(self.name, self.stream).inc()
             self.log.info("camera reconnected", **details)
         else:
             self.log.info("camera connected", **details)
@@ -329,7 +370,7 @@ class CameraHub:
             return
         frame = Outgoing.frame(message, keyframe=unit.keyframe)
         dropped = 0
-        for viewer in self.viewers:
+        for viewer in self.viewers if unit.keyframe else self._motion:
             dropped += viewer.send_frame(frame)
         if frame.delivered:  # counted once for every viewer it went straight to
             self.metrics.delivered(len(frame.wire), frame.ingest_us, frame.delivered)
@@ -343,16 +384,17 @@ class CameraHub:
             self.log.info("stream changed", codec=params.codec, width=params.width,
                           height=params.height)
         self._stream_key = key
-        self._init = init_message(self.name, *key)
         self._need_init = False
         self._gop.clear()
-        for viewer in self.viewers:
-            viewer.send_text(self._init)
+        if self.viewers:
+            inits = {k: self.init_message(keyframes=k) for k in (False, True)}
+            for viewer in self.viewers:
+                viewer.send_text(inits[viewer not in self._motion])
 
     def _on_keyframe(self, unit: AccessUnit) -> None:
         if self._last_keyframe_us is not None:
             interval = (unit.ingest_us - self._last_keyframe_us) / 1e6
-            self.metrics.keyframe_interval.labels(self.name).set(interval)
+            self.metrics.keyframe_interval.labels(self.name, self.stream).set(interval)
         self._last_keyframe_us = unit.ingest_us
         if self.state != CameraState.LIVE:
             self._set_state(CameraState.LIVE)

@@ -29,6 +29,8 @@ disable_created_metrics()
 # From well under a frame to "something is badly wrong".
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LOOP_LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+# What viewers see, decoding and painting included: tens to hundreds of milliseconds.
+GLASS_BUCKETS = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 
 
 class Deliveries(Collector):
@@ -72,9 +74,9 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        cam = ["camera"]
-        self.camera_state = Gauge("cxrelay_camera_state", "1 for the camera's current state",
-                                  ["camera", "state"], registry=r)
+        cam = ["camera", "stream"]  # a camera's streams: "main", and "sub" if it has one
+        self.camera_state = Gauge("cxrelay_camera_state", "1 for the stream's current state",
+                                  ["camera", "stream", "state"], registry=r)
         self.reconnects = Counter("cxrelay_camera_reconnects", "Camera reconnections", cam,
                                   registry=r)
         self.frames_in = Counter("cxrelay_camera_frames", "Access units ingested", cam,
@@ -82,8 +84,15 @@ class Metrics:
         self.bytes_in = Counter("cxrelay_camera_bytes", "H.264 bytes ingested", cam, registry=r)
         self.keyframe_interval = Gauge("cxrelay_camera_keyframe_interval_seconds",
                                        "Time between the last two keyframes", cam, registry=r)
-        self.camera_viewers = Gauge("cxrelay_camera_viewers", "Viewers of the camera", cam,
+        self.camera_viewers = Gauge("cxrelay_camera_viewers", "Viewers of the stream", cam,
                                     registry=r)
+        self.glass_latency = Histogram(
+            "cxrelay_glass_latency_seconds",
+            "From ingest to painted on a viewer's screen, as players report it",
+            cam, buckets=GLASS_BUCKETS, registry=r)
+        self.player_dropped = Counter("cxrelay_player_frames_dropped",
+                                      "Frames players skipped rather than fall behind, "
+                                      "as they report it", cam, registry=r)
         self.viewers = Gauge("cxrelay_viewers", "Viewers connected", registry=r)
         self.frames_dropped = Counter("cxrelay_frames_dropped", "Frames not delivered, by reason",
                                       ["reason"], registry=r)
@@ -97,24 +106,26 @@ class Metrics:
         for reason in ("slow_viewer", "gop_cache_overflow", "partial", "corrupt"):
             self.frames_dropped.labels(reason)
 
-    def add_camera(self, name: str) -> None:
-        for family in (self.reconnects, self.frames_in, self.bytes_in, self.keyframe_interval,
-                       self.camera_viewers):
-            family.labels(name)
-        self.set_state(name, CameraState.IDLE)
+    def _per_stream(self) -> tuple[Counter | Gauge | Histogram, ...]:
+        return (self.reconnects, self.frames_in, self.bytes_in, self.keyframe_interval,
+                self.camera_viewers, self.glass_latency, self.player_dropped)
 
-    def remove_camera(self, name: str) -> None:
-        for family in (self.reconnects, self.frames_in, self.bytes_in, self.keyframe_interval,
-                       self.camera_viewers):
+    def add_stream(self, camera: str, stream: str) -> None:
+        for family in self._per_stream():
+            family.labels(camera, stream)
+        self.set_state(camera, stream, CameraState.IDLE)
+
+    def remove_stream(self, camera: str, stream: str) -> None:
+        for family in self._per_stream():
             with contextlib.suppress(KeyError):
-                family.remove(name)
+                family.remove(camera, stream)
         for state in CameraState:
             with contextlib.suppress(KeyError):
-                self.camera_state.remove(name, state)
+                self.camera_state.remove(camera, stream, state)
 
-    def set_state(self, name: str, state: CameraState) -> None:
+    def set_state(self, camera: str, stream: str, state: CameraState) -> None:
         for s in CameraState:
-            self.camera_state.labels(name, s).set(1 if s == state else 0)
+            self.camera_state.labels(camera, stream, s).set(1 if s == state else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -33,7 +33,7 @@ from cxrelay.access import (
 from cxrelay.cameras import Cameras
 from cxrelay.config import Config, ConfigError
 from cxrelay.metrics import Metrics
-from cxrelay.protocol import CLOSE_GOING_AWAY, CLOSE_POLICY
+from cxrelay.protocol import CLOSE_GOING_AWAY, CLOSE_POLICY, ProtocolError, watch_options
 from cxrelay.viewer import Viewer, peer_address
 from cxrelay.wire import HIGH_WATER, LOW_WATER, RelayConnection
 
@@ -180,8 +180,8 @@ class RelayServer:
             claims, refusal = self._check_token(request, None)
             if refusal is not None:
                 return refusal
-            return json_response([hub.info() for hub in self.cameras.values()
-                                  if claims is None or claims.allows(hub.name)])
+            return json_response([camera.info() for camera in self.cameras.values()
+                                  if claims is None or claims.allows(camera.name)])
         if path.startswith("/api/"):
             return text_response(HTTPStatus.NOT_FOUND, "not found")
         if path == "/metrics":
@@ -226,11 +226,15 @@ class RelayServer:
         _, refusal = self._check_token(request, name)
         if refusal is not None:
             return refusal
-        hub = self.cameras.get(name)
-        if hub is None:
+        camera = self.cameras.get(name)
+        if camera is None:
             return self._refuse(HTTPStatus.NOT_FOUND, f"no camera named {name[:64]!r}", name, peer)
-        limit = hub.camera.max_viewers
-        if limit and len(hub.viewers) >= limit:
+        try:
+            watch_options(request.path)
+        except ProtocolError as exc:
+            return self._refuse(HTTPStatus.BAD_REQUEST, str(exc), name, peer)
+        limit = camera.camera.max_viewers
+        if limit and len(camera.viewers) >= limit:
             return self._refuse(HTTPStatus.SERVICE_UNAVAILABLE,
                                 f"camera {name} has its maximum of {limit} viewers", name, peer)
         total = self.config.server.max_viewers
@@ -267,16 +271,18 @@ class RelayServer:
         request = ws.request
         assert request is not None  # the handshake is done when the handler runs
         name = request_path(request.path)[4:]
-        hub = self.cameras.get(name)
-        if hub is None:  # removed by a reload during the handshake
+        camera = self.cameras.get(name)
+        if camera is None:  # removed by a reload during the handshake
             await ws.close(CLOSE_GOING_AWAY, "camera removed")
             return
         claims, refusal = self._check_token(request, name)  # cheap; no state kept from _admit
         if refusal is not None:
             await ws.close(CLOSE_POLICY, "token expired")
             return
-        viewer = Viewer(ws, hub.new_backlog(), self.metrics, camera=name)
-        await viewer.watch(hub, claims=claims, limiter=self.limiter)
+        stream, keyframes = watch_options(request.path)  # checked by _admit
+        viewer = Viewer(ws, camera.new_backlog(), self.metrics, camera=name)
+        await viewer.watch(camera, claims=claims, limiter=self.limiter, stream=stream,
+                           keyframes=keyframes)
 
 
 def _wants_upgrade(request: Request) -> bool:

@@ -15,8 +15,9 @@ frames between ours, and once it starts closing we write nothing more.
 
 The rest of a session lives here too: its place in the per-client connection
 count, its token's expiry, what it may send, the bounds on a client that stops
-reading (drain timeout) or floods pings without reading the pongs, and its log
-lines.
+reading (drain timeout) or floods pings without reading the pongs, what it
+asks for on the way (another stream, keyframes only, clock pings, its own
+stats; each bounded), and its log lines.
 """
 
 from __future__ import annotations
@@ -40,11 +41,21 @@ from cxrelay.protocol import (
     CLOSE_UNSUPPORTED,
     FLAG_CATCHUP,
     FLAG_DISCONTINUITY,
+    KEYFRAMES,
+    MAIN,
+    Ping,
+    ProtocolError,
+    Select,
+    Stats,
+    parse_client_message,
+    pong_message,
     with_flags,
 )
+from cxrelay.ratelimit import TokenBucket
 from cxrelay.wire import HIGH_WATER, OPEN, Outgoing, RelayConnection, binary_frame, text_frame
 
 if TYPE_CHECKING:
+    from cxrelay.cameras import Camera
     from cxrelay.hub import CameraHub
 
 log = structlog.get_logger("cxrelay.viewer")
@@ -57,6 +68,12 @@ MAX_UNREAD_REPLIES = 256 * 1024
 _ids = itertools.count(1)
 # Closes started from a timer: held here until done (the loop keeps only weak references).
 _closing: set[asyncio.Future[None]] = set()
+
+# What a client may send: messages in all (rate/s, burst), of them selects (each
+# costs a GOP of catch-up frames), and stats reports (more are ignored).
+MESSAGE_RATE = (20.0, 40.0)
+SELECT_RATE = (1.0, 8.0)
+STATS_RATE = (1.0, 3.0)
 
 
 def monotonic_us() -> int:
@@ -96,16 +113,28 @@ class Viewer:
         ws.on_drained = self._drained
         ws.on_paused = self._paused
         ws.on_replies = self._replies
+        self._catchup_flag = FLAG_CATCHUP  # 0 for a still: shown, not skipped
+        self.camera: Camera | None = None
+        self.hub: CameraHub | None = None  # the stream watched
+        self.keyframes = False
+        self._limits = {name: TokenBucket(*rate) for name, rate in
+                        (("message", MESSAGE_RATE), ("select", SELECT_RATE),
+                         ("stats", STATS_RATE))}
 
     # --- Subscriber: the hub's calls, on the loop ---------------------------------------------
 
-    def join(self, first: list[str], catchup: list[bytes]) -> None:
+    def join(self, first: list[str], catchup: list[bytes], *, still: bool = False) -> None:
         """What a joining viewer gets before live frames: init/status, then the
-        GOP cache. Kept aside rather than queued so the backlog's bounds apply
-        to live frames only. Joining again (another stream) starts over: frames
-        not yet written are forgotten."""
+        GOP cache (a still: its keyframe, to show). Kept aside rather than
+        queued so the backlog's bounds apply to live frames only. Joining again
+        (another stream) starts over: frames not yet written are forgotten."""
+        # What the last stream left queued, its control messages too (an init
+        # or status of the old stream after the new one's would mislead), is void.
         self.backlog.clear_frames()
+        while self.backlog.pop() is not None:
+            pass
         self._pending.clear()
+        self._catchup_flag = 0 if still else FLAG_CATCHUP
         self._pending.extend(first)
         self._pending.extend(catchup)
         if not catchup:
@@ -167,7 +196,7 @@ class Viewer:
                 if isinstance(item, str):
                     transport.write(text_frame(item))
                 else:
-                    self._write_frame(with_flags(item, FLAG_CATCHUP), None)
+                    self._write_frame(with_flags(item, self._catchup_flag), None)
                 continue
             entry = self.backlog.pop()
             if entry is None:
@@ -249,11 +278,12 @@ class Viewer:
 
     # --- the session ----------------------------------------------------------------------------
 
-    async def watch(self, hub: CameraHub, *, claims: Claims | None,
-                    limiter: ConnectionLimiter) -> None:
+    async def watch(self, camera: Camera, *, claims: Claims | None,
+                    limiter: ConnectionLimiter, stream: str = MAIN,
+                    keyframes: bool = False) -> None:
         """The whole session of an admitted viewer: counted against its
-        client's limit, attached to the hub, fed until either side closes
-        (or its token expires), then detached."""
+        client's limit, attached to the stream's hub, fed until either side
+        closes (or its token expires), then detached."""
         ws = self.ws
         peer = peer_address(ws)
         if not limiter.acquire(peer):  # raced past the check before the upgrade
@@ -264,7 +294,9 @@ class Viewer:
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         drain = loop.create_task(self._drain())
-        hub.attach(self)
+        self.camera = camera
+        self.keyframes = keyframes
+        hub = self.hub = camera.attach(self, stream, keyframes=keyframes)
         self.metrics.viewers.inc()
         expiry = None
         if claims is not None:
@@ -278,7 +310,7 @@ class Viewer:
                 expiry.cancel()
             if self._stall_timer is not None:
                 self._stall_timer.cancel()
-            hub.detach(self)
+            (self.hub or hub).detach(self)
             limiter.release(peer)
             self.metrics.viewers.dec()
             if self._trouble is not None:
@@ -302,13 +334,65 @@ class Viewer:
             await self.ws.close(CLOSE_INTERNAL, "internal error")
 
     async def _receive(self) -> str:
-        """Clients need send nothing; text is ignored (forward compatibility),
-        binary is refused. Reading also keeps pings and closes flowing."""
+        """Clients need send nothing. Text they don't know is ignored (forward
+        compatibility), binary is refused, and a client that breaks the
+        protocol or floods is closed with 1008. Reading also keeps pings and
+        closes flowing."""
         try:
             async for message in self.ws:
                 if isinstance(message, bytes):
                     await self.ws.close(CLOSE_UNSUPPORTED, "binary messages are not accepted")
                     return "sent a binary message"
+                if (refusal := self._on_text(message)) is not None:
+                    await self.ws.close(CLOSE_POLICY, refusal)
+                    return refusal
         except ConnectionClosed:
             pass
         return "closed"
+
+    def _on_text(self, text: str) -> str | None:
+        """Act on a client's text message; returns why to close, if it must."""
+        now = time.monotonic()
+        if not self._limits["message"].take(now):
+            return "too many messages"
+        try:
+            message = parse_client_message(text)
+        except ProtocolError as exc:
+            return str(exc)
+        if self.ws.state is not OPEN:
+            return None  # closing: take nothing more on
+        if isinstance(message, Select):
+            if not self._limits["select"].take(now):
+                return "too many select messages"
+            self._select(message)
+        elif isinstance(message, Stats):
+            if self._limits["stats"].take(now):
+                self._stats(message)
+        elif isinstance(message, Ping):
+            self.send_text(pong_message(message.id, time.time_ns() // 1000))
+        return None
+
+    def _select(self, select: Select) -> None:
+        """Move to another stream, or between every frame and keyframes only:
+        the new stream's init, its GOP cache, then live frames."""
+        assert self.camera is not None and self.hub is not None
+        hub = self.camera.hub(select.stream) if select.stream else self.hub
+        keyframes = select.frames == KEYFRAMES if select.frames else self.keyframes
+        if hub is self.hub and keyframes == self.keyframes:
+            return
+        self.hub.detach(self)
+        self.hub, self.keyframes = hub, keyframes
+        hub.attach(self, keyframes=keyframes)
+        self.log.debug("viewer switched", stream=hub.stream,
+                       frames="keyframes" if keyframes else "all")
+
+    def _stats(self, stats: Stats) -> None:
+        """A player's own view, into the metrics of the stream it watches."""
+        assert self.hub is not None
+        labels = (self.hub.name, self.hub.stream)
+        if stats.latency_ms:
+            histogram = self.metrics.glass_latency.labels(*labels)
+            for ms in stats.latency_ms:
+                histogram.observe(ms / 1000)
+        if stats.dropped:
+            self.metrics.player_dropped.labels(*labels).inc(stats.dropped)

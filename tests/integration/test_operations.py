@@ -164,10 +164,10 @@ async def test_metrics_parse_with_prometheus_client(rtsp_camera) -> None:
     samples = [s for f in families.values() for s in f.samples]
     value = lambda name, **labels: next(  # noqa: E731
         s.value for s in samples if s.name == name and s.labels == labels)
-    assert value("cxrelay_camera_state", camera="cam", state="live") == 1
-    assert value("cxrelay_camera_frames_total", camera="cam") > 0
-    assert value("cxrelay_camera_bytes_total", camera="cam") > 1000
-    assert value("cxrelay_camera_viewers", camera="cam") == 1
+    assert value("cxrelay_camera_state", camera="cam", stream="main", state="live") == 1
+    assert value("cxrelay_camera_frames_total", camera="cam", stream="main") > 0
+    assert value("cxrelay_camera_bytes_total", camera="cam", stream="main") > 1000
+    assert value("cxrelay_camera_viewers", camera="cam", stream="main") == 1
     assert value("cxrelay_viewers") == 1
     assert value("cxrelay_sent_bytes_total") > 0
     assert value("cxrelay_frames_dropped_total", reason="slow_viewer") == 0

@@ -16,6 +16,7 @@ from cxrelay.config import (
     load_config,
     parse_camera_option,
     parse_config,
+    parse_substream_option,
     plan_reload,
     with_overrides,
 )
@@ -91,6 +92,10 @@ BAD = [
     ("[[camera]]\nname = 'a'\nurl = 'rtsp://h/x'\npassword_file = '/nonexistent/pw'\n",
      "password_file: cannot read /nonexistent/pw"),
     ("[cameras]\n", "cameras: unknown key (did you mean [[camera]]?)"),
+    ("[[camera]]\nname = 'a'\nurl = 'rtsp://h/x'\nsubstream = 'http://h/y'\n",
+     "camera[0] (a).substream: unsupported scheme 'http'"),
+    ("[[camera]]\nname = 'a'\nurl = 'rtsp://h/x'\nsubstream = 3\n",
+     "camera[0] (a).substream: expected a string, got an integer"),
     ("[server]\nallowed_origins = ['https://a.com/']\n", "allowed_origins[0]"),
     ("[server]\ntls_cert = '/a.pem'\n", "server.tls_key: tls_cert and tls_key go together"),
     ("[auth]\nsecret = 'short'\n", "auth.secret: too short"),
@@ -179,3 +184,36 @@ def test_reload_plan() -> None:
     same = plan_reload(old, old)
     assert (same.add, same.remove, same.restart, same.listener_changed) == ((), (), (), ())
     assert same.unchanged == ("keep", "change", "gone") and same.config == old
+
+
+def test_substream_gets_the_cameras_password_and_its_secrets_are_kept() -> None:
+    config = parse_config({"camera": [
+        {"name": "a", "url": "rtsp://bob@h/main", "substream": "rtsp://h/sub",
+         "password_env": "PW"},
+        {"name": "b", "url": "rtsp://h/y", "substream": "rtsp://carol:s3cr3t-sub@h/sub"},
+        {"name": "c", "url": "rtsp://h/z"},
+    ]}, env={"PW": "hunter22"})
+    a, b, c = config.cameras
+    assert a.substream == "rtsp://bob:hunter22@h/sub"  # the main URL's user name
+    assert a.streams == ("main", "sub") and c.streams == ("main",)
+    assert "s3cr3t-sub" in config.secrets() and "carol" in config.secrets()
+    assert "s3cr3t-sub" not in repr(b) and "hunter22" not in repr(a) and "substream" in repr(b)
+    # Each stream's own settings: the sub-stream is on demand whatever the camera says.
+    sub = b.stream("sub")
+    assert (sub.url, sub.on_demand, sub.substream) == (b.substream, True, None)
+    assert b.stream("main") == replace(b, substream=None)
+    assert c.stream("sub") == c  # no sub-stream: the main stream serves
+
+
+def test_substream_option() -> None:
+    cam = parse_camera_option("lobby=rtsp://h/main")
+    config = with_overrides(Config(), cameras=(cam,),
+                            substreams=(parse_substream_option("lobby=rtsp://u:pw9@h/sub"),))
+    assert config.cameras[0].substream == "rtsp://u:pw9@h/sub"
+    with pytest.raises(ConfigError, match="--substream gate: no camera named 'gate'"):
+        with_overrides(config, substreams=(("gate", "rtsp://h/x"),))
+    with pytest.raises(ConfigError, match="expected NAME=URL"):
+        parse_substream_option("rtsp://h/x")
+    with pytest.raises(ConfigError) as info:
+        parse_substream_option("lobby=ftp://u:pw9@h/x")
+    assert "pw9" not in str(info.value)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
-from unittest.mock import MagicMock
+from unittest.mock import AsyncMock, MagicMock
 
 import pytest
 from structlog.testing import capture_logs
@@ -38,9 +38,12 @@ class FakeSources:
 
     def __init__(self) -> None:
         self.made: list[MagicMock] = []
+        self.configs: list[CameraConfig] = []  # what each was made for
 
     def __call__(self, camera: CameraConfig, sink: Any, loop: Any) -> Any:
         self.made.append(MagicMock(name=f"source {len(self.made)}"))
+        self.made[-1].wait_stopped = AsyncMock(return_value=True)
+        self.configs.append(camera)
         return self.made[-1]
 
     @property
@@ -128,7 +131,7 @@ async def test_failure_tells_viewers_and_reconnect_sends_a_new_init(
     after = sent[second_init:]
     first_frame = decode_frame(next(m for m in after if isinstance(m, bytes)))
     assert first_frame.keyframe and first_frame.pts_us == 200 * 40_000
-    assert hub.metrics.reconnects.labels("cam")._value.get() == 1
+    assert hub.metrics.reconnects.labels("cam", "main")._value.get() == 1
 
 
 async def test_events_from_a_stopped_source_are_ignored(

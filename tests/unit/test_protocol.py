@@ -7,13 +7,22 @@ from cxrelay.protocol import (
     FLAG_DISCONTINUITY,
     FLAG_KEYFRAME,
     HEADER_SIZE,
+    MAX_STATS_SAMPLES,
     CameraState,
+    Ping,
+    ProtocolError,
+    Select,
+    Stats,
     decode_frame,
     encode_frame,
     init_message,
+    parse_client_message,
+    pong_message,
     status_message,
+    watch_options,
     with_flags,
 )
+from cxrelay.ratelimit import TokenBucket
 
 
 def test_header_layout_is_17_bytes_big_endian() -> None:
@@ -57,3 +66,66 @@ def test_init_and_status_messages() -> None:
 def test_camera_states_keep_their_wire_strings() -> None:
     assert [str(s) for s in CameraState] == ["idle", "connecting", "live", "offline"]
     assert json.dumps({"state": CameraState.CONNECTING}) == '{"state": "connecting"}'
+
+
+def test_init_tells_the_stream_its_siblings_and_the_relay_clock() -> None:
+    init = json.loads(init_message(
+        "lobby", "avc1.42c01e", 640, 360, stream="sub", frames="all", time_us=12,
+        streams=[{"name": "main", "width": None, "height": None},
+                 {"name": "sub", "width": 640, "height": 360}]))
+    assert (init["stream"], init["frames"], init["time"]) == ("sub", "all", 12)
+    assert init["streams"][1] == {"name": "sub", "width": 640, "height": 360}
+    assert json.loads(pong_message(7, 99)) == {"type": "pong", "time": 99, "id": 7}
+
+
+def test_watch_options_from_the_query() -> None:
+    assert watch_options("/ws/a") == ("main", False)
+    assert watch_options("/ws/a?token=x&stream=sub&frames=keyframes") == ("sub", True)
+    for bad in ("/ws/a?stream=hd", "/ws/a?frames=some", "/ws/a?stream=" + "x" * 5000):
+        with pytest.raises(ProtocolError):
+            watch_options(bad)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('{"type":"select","stream":"sub"}', Select("sub", None)),
+    ('{"type":"select","frames":"keyframes"}', Select(None, "keyframes")),
+    ('{"type":"ping","id":3}', Ping(3)),
+    ('{"type":"ping","id":-1}', Ping(None)),
+    ('{"type":"ping","id":1e308}', Ping(None)),
+    ('{"type":"stats","latency":[40, 51.5],"dropped":2}', Stats((40.0, 51.5), 2)),
+    # Out of bounds is left out, never trusted: negative, huge, NaN-like, wrong types.
+    ('{"type":"stats","latency":[-1, 1e300, 60001, "9", true, null, 7],"dropped":1e9}',
+     Stats((7.0,), 0)),
+    ('{"type":"stats","latency":"fast","dropped":true}', Stats((), 0)),
+    ('{"type":"stats","dropped":' + "9" * 4000 + "}", Stats((), 0)),
+    # Ignored: unknown types, not objects, not JSON, nested to blow the parser's stack.
+    ('{"type":"hello"}', None),
+    ("[1,2]", None),
+    ("not json", None),
+    ("[" * 4000, None),
+    ('{"a":' * 2000 + "1" + "}" * 2000, None),
+])
+def test_client_messages(text: str, expected: object) -> None:
+    assert parse_client_message(text) == expected
+
+
+def test_stats_samples_are_bounded() -> None:
+    stats = parse_client_message(json.dumps({"type": "stats", "latency": [30] * 1000}))
+    assert isinstance(stats, Stats) and len(stats.latency_ms) == MAX_STATS_SAMPLES
+
+
+@pytest.mark.parametrize("text", [
+    '{"type":"select","stream":"4k"}', '{"type":"select","stream":["sub"]}',
+    '{"type":"select","frames":"odd"}', '{"type":"select","stream":"' + "s" * 3000 + '"}',
+])
+def test_a_select_for_what_does_not_exist_is_a_protocol_error(text: str) -> None:
+    with pytest.raises(ProtocolError, match=r"^select: (stream|frames) must be"):
+        parse_client_message(text)
+
+
+def test_token_bucket() -> None:
+    bucket = TokenBucket(rate=1.0, burst=3)
+    assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]
+    assert not bucket.take(100.5)
+    assert bucket.take(101.6) and not bucket.take(101.6)
+    assert [bucket.take(1000.0) for _ in range(4)] == [True, True, True, False]  # burst, not more
