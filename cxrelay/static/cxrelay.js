@@ -526,6 +526,41 @@ export class CxrelayPlayer extends HTMLElement {
   }
 }
 
+// --- outputs --------------------------------------------------------------------------------------
+
+/** Whether a stream's pictures come in decode order = presentation order (no B-frames). */
+class FrameOrder {
+  constructor() {
+    /** @type {number|null} pts of the previous frame, µs */
+    this.lastPts = null;
+    /** @type {boolean} a picture came before one decoded ahead of it: the stream reorders */
+    this.reordered = false;
+    /** @type {number} frames since the last keyframe */
+    this.sinceKey = 0;
+    /** @type {boolean} the last whole GOP came in presentation order, and nothing since */
+    this.inOrder = false;
+  }
+
+  /**
+   * Takes every frame, in decode order; returns its pts minus the previous frame's (µs; 0 for
+   * the first).
+   * @param {Frame} frame
+   */
+  see(frame) {
+    const delta = this.lastPts === null ? 0 : frame.pts - this.lastPts;
+    this.lastPts = frame.pts;
+    if (delta < 0 && !frame.key) this.reordered = true;
+    if (frame.key) {
+      this.inOrder = this.sinceKey > 0 && !this.reordered;
+      this.sinceKey = 0;
+    } else {
+      this.sinceKey++;
+      if (this.reordered) this.inOrder = false;
+    }
+    return delta;
+  }
+}
+
 // --- WebCodecs ----------------------------------------------------------------------------------
 
 /**
@@ -569,6 +604,8 @@ class WebCodecsOutput {
     this._decoder = null;
     /** @type {Uint8Array|null} the avcC the decoder is configured with; null: none yet */
     this._description = null;
+    /** @type {FrameOrder} whether the stream reorders: decides the avcC's SPS */
+    this._order = new FrameOrder();
     /** @type {boolean} frames are dropped until the next keyframe */
     this._needKey = true;
     /** @type {boolean} the catch-up burst is being decoded: a long queue is not falling behind */
@@ -608,6 +645,7 @@ class WebCodecsOutput {
     const decoder = this._decoder;
     if (decoder && decoder.state !== 'closed') decoder.reset(); // drop what the old stream queued
     this._description = null; // configured at the next keyframe, from its SPS and PPS
+    this._order = new FrameOrder();
     this._ingestOf.clear();
     this._catchupPts.clear();
     return true;
@@ -615,6 +653,7 @@ class WebCodecsOutput {
 
   /** @param {Frame} frame */
   feed(frame) {
+    this._order.see(frame);
     if (frame.key) this._needKey = false;
     else if (this._needKey) return void this._dropped++;
     let decoder = this._decoder;
@@ -627,7 +666,7 @@ class WebCodecsOutput {
     if (this._avc) {
       const units = splitNals(data);
       if (frame.key) {
-        description = avcConfig(units);
+        description = avcConfig(units, this._order.inOrder);
         if (!description) return this._skip();
         // The parameter sets travel in the description (what `avc1` means); drop the copies.
         data = avcSample(units.filter((n) => !isParameterSet(n)));
@@ -785,7 +824,7 @@ class MseOutput {
     this._type = '';
     /** @type {Init|null} */
     this._init = null;
-    /** @type {Uint8Array|null} the avcC of the queued init segment; null: build from the next keyframe */
+    /** @type {Uint8Array|null} avcC of the last init segment; null: build from the next keyframe */
     this._description = null;
     /** @type {Uint8Array[]} init segment and fragments waiting for the SourceBuffer */
     this._queue = [];
@@ -801,12 +840,10 @@ class MseOutput {
     this._anchorPts = 0;
     /** @type {number} our timeline at the anchor, 90 kHz ticks */
     this._anchorTime = 0;
-    /** @type {number|null} pts of the previous frame, µs */
-    this._lastPts = null;
+    /** @type {FrameOrder} B-frames (decode order differs from presentation) or not */
+    this._order = new FrameOrder();
     /** @type {number} frame duration, 90 kHz ticks: 25 fps until pts deltas tell better */
     this._frameTicks = 3600;
-    /** @type {boolean} B-frames seen (pts went back): decode order differs from presentation */
-    this._reorder = false;
     // Our own 90 kHz timeline, continuous across reconnects (the camera's clock restarts); it
     // starts again with each SourceBuffer.
     /** @type {number} decode time of the last fragment, 90 kHz ticks */
@@ -836,7 +873,7 @@ class MseOutput {
     return {
       decoded,
       dropped: this._dropped,
-      painted: quality ? decoded - quality.droppedVideoFrames : 0,
+      painted: quality ? Math.max(0, decoded - quality.droppedVideoFrames) : 0, // WebKitGTK: dropped > total
       latency: this._ingest ? Date.now() - this._ingest + this._bufferedAhead() * 1000 : 0,
     };
   }
@@ -850,9 +887,8 @@ class MseOutput {
     this._needKey = true;
     this._jump = true;
     this._anchor = true; // map the new stream's pts onto our timeline at its first keyframe
-    this._lastPts = null;
+    this._order = new FrameOrder();
     this._frameTicks = 3600;
-    this._reorder = false;
     if (this._sourceBuffer && this._type !== type) {
       try {
         this._sourceBuffer.changeType(type);
@@ -887,16 +923,22 @@ class MseOutput {
 
   /** @param {Frame} frame */
   feed(frame) {
+    const delta = this._order.see(frame);
     if (frame.key) this._needKey = false;
     else if (this._needKey) return void this._dropped++;
-    const units = splitNals(frame.data);
-    if (!this._description) {
-      const description = frame.key && avcConfig(units);
+    let units = splitNals(frame.data);
+    if (frame.key) {
+      // A new init segment whenever the parameter sets change; in the samples they would
+      // only repeat (or contradict) the avcC.
+      const description = avcConfig(units, this._order.inOrder);
       if (!description) return this._skip();
-      this._description = description;
-      const { width, height } = this._init;
-      this._queue.push(initSegment(description, width, height));
-    }
+      if (!sameBytes(description, this._description)) {
+        this._description = description;
+        const { width, height } = this._init;
+        this._queue.push(initSegment(description, width, height));
+      }
+      units = units.filter((unit) => !isParameterSet(unit));
+    } else if (!this._description) return this._skip();
     // Right after the catch-up burst the queue is long and the playhead has yet to jump to the
     // newest picture: that is not falling behind.
     const ahead = this._jump ? 0 : this._bufferedAhead();
@@ -904,12 +946,12 @@ class MseOutput {
       this._anchor = true; // the video element can't keep up: skip to the next keyframe
       return this._skip();
     }
-    const ticks = this._timing(frame);
+    const ticks = this._timing(frame, delta);
     const composition = Math.round(this._anchorTime + (frame.pts - this._anchorPts) * 0.09);
     // Decode times are the presentation times (composition offset 0, so a decoder has no reason
     // to hold frames back), held back by two frames only once B-frames reorder them.
     const decode = Math.max(this._decodeTime + 1,
-      composition - (this._reorder ? 2 * this._frameTicks : 0));
+      composition - (this._order.reordered ? 2 * this._frameTicks : 0));
     if (frame.key) this._keyTimes.push(composition / 90000);
     this._queue.push(fragment(++this._sequence, decode, composition - decode, ticks, frame.key,
       units));
@@ -937,12 +979,10 @@ class MseOutput {
 
   // Sample duration from pts deltas (the smallest one once B-frames show up); re-anchors the
   // pts -> timeline mapping on a new stream, after a skip, or when the camera's clock jumps.
-  _timing(frame) {
-    const delta = this._lastPts === null ? 0 : (frame.pts - this._lastPts) * 0.09;
-    this._lastPts = frame.pts;
-    if (delta < 0 && !frame.key) this._reorder = true;
-    if (delta > 450 && delta < 90000) {
-      this._frameTicks = Math.round(this._reorder ? Math.min(this._frameTicks, delta) : delta);
+  _timing(frame, delta) {
+    const ticks = delta * 0.09;
+    if (ticks > 450 && ticks < 90000) {
+      this._frameTicks = Math.round(this._order.reordered ? Math.min(this._frameTicks, ticks) : ticks);
     }
     const composition = this._anchorTime + (frame.pts - this._anchorPts) * 0.09;
     if (frame.key && (this._anchor || Math.abs(composition - this._end) > 90000)) {
@@ -1088,50 +1128,163 @@ const HIGH_PROFILES = [100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 
 
 /**
  * AVCDecoderConfigurationRecord (ISO/IEC 14496-15 §5.3.3) from a keyframe's SPS and PPS: the
- * WebCodecs `description` and the body of the MP4 `avcC` box. Null without both.
+ * WebCodecs `description` and the body of the MP4 `avcC` box. Null without both. An SPS that
+ * does not say how many pictures a decoder must hold back for reordering is given
+ * `max_num_reorder_frames` 0 when the stream cannot reorder (POC type 2) or `inOrder` says it
+ * was seen not to (a whole GOP in presentation order): without it some decoders hold back a
+ * whole DPB (WebKit: docs/player.md).
  * @param {Uint8Array[]} units
+ * @param {boolean} inOrder
  */
-function avcConfig(units) {
+function avcConfig(units, inOrder) {
   const sps = units.filter(isSps).slice(0, 31);
   const pps = units.filter((unit) => nalType(unit) === NAL_PPS).slice(0, 255);
   if (!sps.length || !pps.length || sps[0].length < 4) return null;
   const [, profile, constraints, level] = sps[0];
   const parts = [u8([1, profile, constraints, level, 0xff, 0xe0 | sps.length])];
-  for (const unit of sps) parts.push(u16(unit.length), unit);
+  let facts;
+  for (const unit of sps) {
+    const read = readSps(unit);
+    facts ||= read;
+    const fixed = read.reorderFree && (read.poc === 2 || inOrder) ? read.reorderFree : unit;
+    parts.push(u16(fixed.length), fixed);
+  }
   parts.push(u8([pps.length]));
   for (const unit of pps) parts.push(u16(unit.length), unit);
   if (HIGH_PROFILES.includes(profile)) {
-    const [chroma, lumaDepth, chromaDepth] = spsFormat(sps[0]);
+    const { chroma, lumaDepth, chromaDepth } = facts;
     parts.push(u8([0xfc | (chroma & 3), 0xf8 | (lumaDepth & 7), 0xf8 | (chromaDepth & 7), 0]));
   }
   return concat(parts);
 }
 
-// chroma_format_idc, bit_depth_luma_minus8 and bit_depth_chroma_minus8 of a High-profile SPS:
-// the first Exp-Golomb fields after seq_parameter_set_id.
-function spsFormat(sps) {
-  const bytes = [];
-  for (let i = 1, zeros = 0; i < sps.length && bytes.length < 24; i++) {
+/**
+ * What the player needs from an SPS (H.264 7.3.2.1.1, E.1.1): chroma format and bit depths
+ * (for avcC), the POC type, and `reorderFree`, a copy with a VUI bitstream_restriction that
+ * lets a decoder hold no picture back (max_num_reorder_frames 0, max_dec_frame_buffering =
+ * max_num_ref_frames, as libwebrtc writes it), or null when the SPS already has one or can't
+ * be read.
+ * @param {Uint8Array} sps
+ */
+function readSps(sps) {
+  const facts = { chroma: 1, lumaDepth: 0, chromaDepth: 0, poc: 0, reorderFree: null };
+  const bits = [];
+  for (let i = 1, zeros = 0; i < sps.length; i++) {
     if (zeros >= 2 && sps[i] === 3) {
       zeros = 0; // emulation prevention byte
       continue;
     }
     zeros = sps[i] ? 0 : zeros + 1;
-    bytes.push(sps[i]);
+    for (let bit = 7; bit >= 0; bit--) bits.push((sps[i] >> bit) & 1);
   }
-  let bit = 24; // after profile_idc, the constraint flags and level_idc
-  const flag = () => (bytes[bit >> 3] >> (7 - (bit++ & 7))) & 1;
+  let at = 0;
+  const u = (n) => {
+    let value = 0;
+    for (; n > 0; n--) {
+      if (at >= bits.length) throw new RangeError('SPS truncated');
+      value = value * 2 + bits[at++];
+    }
+    return value;
+  };
   const ue = () => {
     let zeros = 0;
-    while (!flag() && zeros < 31) zeros++;
-    let value = 0;
-    for (let i = 0; i < zeros; i++) value = value * 2 + flag();
-    return 2 ** zeros - 1 + value;
+    while (!u(1)) if (++zeros > 31) throw new RangeError('bad Exp-Golomb code');
+    return 2 ** zeros - 1 + u(zeros);
   };
-  ue(); // seq_parameter_set_id
-  const chroma = ue();
-  if (chroma === 3) flag(); // separate_colour_plane_flag
-  return [chroma, ue(), ue()];
+  const hrd = () => {
+    let count = ue() + 1;
+    u(8); // bit_rate_scale, cpb_size_scale
+    for (; count > 0; count--) {
+      ue(); // bit_rate_value_minus1
+      ue(); // cpb_size_value_minus1
+      u(1); // cbr_flag
+    }
+    u(20); // four delay lengths
+  };
+  try {
+    const profile = u(8);
+    u(16); // constraint flags, level_idc
+    ue(); // seq_parameter_set_id
+    if (HIGH_PROFILES.includes(profile)) {
+      facts.chroma = ue();
+      if (facts.chroma === 3) u(1); // separate_colour_plane_flag
+      facts.lumaDepth = ue();
+      facts.chromaDepth = ue();
+      u(1); // qpprime_y_zero_transform_bypass_flag
+      if (u(1)) { // seq_scaling_matrix_present_flag: skip the scaling lists
+        for (let list = 0; list < (facts.chroma === 3 ? 12 : 8); list++) {
+          if (!u(1)) continue;
+          for (let j = 0, last = 8, next = 8; j < (list < 6 ? 16 : 64) && next; j++) {
+            const code = ue(); // delta_scale, se(v)
+            next = (last + (code & 1 ? (code + 1) / 2 : -code / 2) + 256) % 256;
+            last = next || last;
+          }
+        }
+      }
+    }
+    ue(); // log2_max_frame_num_minus4
+    facts.poc = ue();
+    if (facts.poc === 0) ue(); // log2_max_pic_order_cnt_lsb_minus4
+    else if (facts.poc === 1) {
+      u(1); // delta_pic_order_always_zero_flag
+      ue(); // offset_for_non_ref_pic
+      ue(); // offset_for_top_to_bottom_field
+      for (let n = ue(); n > 0; n--) ue(); // offset_for_ref_frame[]
+    }
+    const refs = ue(); // max_num_ref_frames
+    u(1); // gaps_in_frame_num_value_allowed_flag
+    ue(); // pic_width_in_mbs_minus1
+    ue(); // pic_height_in_map_units_minus1
+    if (!u(1)) u(1); // frame_mbs_only_flag, mb_adaptive_frame_field_flag
+    u(1); // direct_8x8_inference_flag
+    if (u(1)) for (let i = 0; i < 4; i++) ue(); // frame cropping offsets
+    let head; // the bits up to bitstream_restriction_flag
+    if (u(1)) { // vui_parameters_present_flag
+      if (u(1) && u(8) === 255) u(32); // aspect ratio, with an explicit SAR
+      if (u(1)) u(1); // overscan
+      if (u(1)) { // video_signal_type_present_flag
+        u(4); // video_format, video_full_range_flag
+        if (u(1)) u(24); // colour description
+      }
+      if (u(1)) for (let i = 0; i < 2; i++) ue(); // chroma sample location
+      if (u(1)) u(65); // timing: num_units_in_tick, time_scale, fixed_frame_rate_flag
+      const nalHrd = u(1);
+      if (nalHrd) hrd();
+      const vclHrd = u(1);
+      if (vclHrd) hrd();
+      if (nalHrd || vclHrd) u(1); // low_delay_hrd_flag
+      u(1); // pic_struct_present_flag
+      if (u(1)) return facts; // bitstream_restriction_flag: it says already
+      head = bits.slice(0, at - 1);
+    } else {
+      // a VUI with nothing in it but the restriction: eight "not present" flags
+      head = [...bits.slice(0, at - 1), 1, 0, 0, 0, 0, 0, 0, 0, 0];
+    }
+    const ueBits = (value) => {
+      const code = (value + 1).toString(2);
+      return [...'0'.repeat(code.length - 1) + code].map(Number);
+    };
+    // bitstream_restriction_flag, motion_vectors_over_pic_boundaries_flag, max_bytes_per_pic_denom 2,
+    // max_bits_per_mb_denom 1, log2 max mv lengths 16, max_num_reorder_frames 0,
+    // max_dec_frame_buffering, then rbsp_trailing_bits
+    const out = [...head, 1, 1, ...ueBits(2), ...ueBits(1), ...ueBits(16), ...ueBits(16),
+      ...ueBits(0), ...ueBits(refs), 1];
+    while (out.length % 8) out.push(0);
+    const bytes = [sps[0]];
+    for (let i = 0, zeros = 0; i < out.length; i += 8) {
+      const byte = parseInt(out.slice(i, i + 8).join(''), 2);
+      if (zeros >= 2 && byte <= 3) {
+        bytes.push(3); // emulation prevention
+        zeros = 0;
+      }
+      bytes.push(byte);
+      zeros = byte ? 0 : zeros + 1;
+    }
+    facts.reorderFree = u8(bytes);
+  } catch (e) {
+    // unreadable: leave it as the camera sent it
+  }
+  return facts;
 }
 
 // --- fragmented MP4 ------------------------------------------------------------------------------

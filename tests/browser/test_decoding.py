@@ -1,12 +1,20 @@
 """How the player feeds WebCodecs, in Debian's chromium: H.264 as an avcC description plus
-length-prefixed samples (what Safari needs), and a decoder the browser reclaims is replaced at
+length-prefixed samples (what Safari needs), with bitstream_restriction added to an SPS that
+lacks it when pictures cannot be reordered; and a decoder the browser reclaims is replaced at
 the next keyframe without an error."""
 
 from __future__ import annotations
 
+import json
+import re
+import time
 from typing import Any
+from unittest.mock import patch
 
+from cxrelay.h264 import syntax
+from cxrelay.h264.bits import BitReader, split_annexb, to_annexb, unescape_rbsp
 from tests.browser.conftest import Daemon
+from tests.recordings import recording
 
 # Records what the player gives VideoDecoder, and lets the test reclaim a decoder the way a
 # browser does (closed, then its error callback with a QuotaExceededError).
@@ -42,18 +50,19 @@ SPY = """(() => {
 })();"""
 
 
-def show(page: Any, daemon: Daemon) -> None:
+def show(page: Any, daemon: Daemon, camera: str = "demo") -> None:
     page.add_init_script(SPY)
     page.route(daemon.url + "/api/cameras", lambda route: route.fulfill(json=[]))
     page.goto(daemon.url + "/")
-    page.evaluate("""() => {
+    page.evaluate("""(camera) => {
       window.errors = [];
       const el = document.createElement('cxrelay-player');
-      el.setAttribute('camera', 'demo');
+      el.setAttribute('camera', camera);
       el.addEventListener('error', (e) => errors.push(e.detail.message));
       document.body.prepend(el);
-    }""")
-    page.wait_for_function("document.querySelector('cxrelay-player')?.stats.painted >= 3")
+    }""", camera)
+    if camera == "demo":
+        page.wait_for_function("document.querySelector('cxrelay-player')?.stats.painted >= 3")
 
 
 def units(sample: list[int]) -> list[list[int]]:
@@ -102,3 +111,112 @@ def test_reclaimed_decoder_is_replaced_at_the_next_keyframe(page: Any, demo: Dae
     assert page.evaluate("configs.length") >= 2
     assert page.evaluate(f"{player}.state") == "live"
     assert page.evaluate("errors") == []  # reclaiming is the browser's right, not a failure
+
+
+# --- bitstream_restriction --------------------------------------------------------------------
+
+
+def without_restriction(sps: bytes) -> bytes:
+    """The SPS with its VUI bitstream_restriction_flag cleared and the fields after it gone, as
+    many cameras send it. The flag's place comes from the project's own parser: it is the last
+    flag the VUI reads."""
+    flags: list[int] = []
+
+    class Recorder(BitReader):
+        def flag(self) -> bool:
+            flags.append(self.pos)
+            return super().flag()
+
+    with patch.object(syntax, "BitReader", Recorder):
+        assert syntax.parse_sps(sps).max_num_reorder_frames is not None
+    bits = "".join(f"{b:08b}" for b in unescape_rbsp(sps[1:]))
+    assert bits[flags[-1]] == "1"
+    rbsp = bits[:flags[-1]] + "01"  # flag cleared, rbsp_stop_one_bit
+    rbsp += "0" * (-len(rbsp) % 8)
+    out, zeros = bytearray(sps[:1]), 0
+    for byte in int(rbsp, 2).to_bytes(len(rbsp) // 8, "big"):
+        if zeros >= 2 and byte <= 3:
+            out.append(3)  # emulation prevention
+            zeros = 0
+        out.append(byte)
+        zeros = zeros + 1 if byte == 0 else 0
+    stripped = bytes(out)
+    assert syntax.parse_sps(stripped).max_num_reorder_frames is None
+    return stripped
+
+
+def frames_without_restriction(name: str, monotonic: bool = False) -> tuple[str, list[bytes]]:
+    """A recording as protocol v1 binary messages, its SPS without bitstream_restriction. With
+    `monotonic`, pts follow decode order (as if the stream had no B-frames)."""
+    rec = recording(name)
+    messages = []
+    for i, packet in enumerate(rec.packets):
+        units = [without_restriction(n) if n[0] & 0x1F == 7 else n
+                 for n in split_annexb(packet.data)]
+        pts = i * 40_000 if monotonic else packet.pts
+        header = (bytes([1 if packet.keyframe else 0]) + pts.to_bytes(8, "big", signed=True)
+                  + int(time.time() * 1e6).to_bytes(8, "big"))
+        messages.append(header + to_annexb(units))
+    return rec.meta["codec"], messages
+
+
+def play_fake(page: Any, daemon: Daemon, codec: str, messages: list[bytes]) -> None:
+    """Plays `messages` from a fake relay to a player, one every 40 ms."""
+    sockets: list[Any] = []
+    page.route_web_socket(re.compile(r".*/ws/fake$"), lambda ws: sockets.append(ws))
+    show(page, daemon, camera="fake")
+    page.wait_for_function("document.querySelector('cxrelay-player').state !== 'idle'")
+    deadline = time.monotonic() + 10
+    while not sockets and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    size = {"avc1.42c01e": (640, 360), "avc1.64001f": (1280, 720)}[codec]
+    sockets[0].send(json.dumps({"type": "init", "protocol": 1, "camera": "fake", "codec": codec,
+                                "width": size[0], "height": size[1]}))
+    sockets[0].send(json.dumps({"type": "status", "state": "live"}))
+    for message in messages:
+        sockets[0].send(message)
+        page.wait_for_timeout(40)
+    page.wait_for_timeout(500)
+
+
+def configured_sps(page: Any) -> list[syntax.Sps]:
+    """The first SPS of each avcC the decoder was configured with."""
+    out = []
+    for config in page.evaluate("configs"):
+        avcc = bytes(config["description"])
+        length = int.from_bytes(avcc[6:8], "big")
+        out.append(syntax.parse_sps(avcc[8:8 + length]))
+    return out
+
+
+def test_restriction_added_when_pictures_cannot_reorder(page: Any, demo: Daemon) -> None:
+    """POC type 2: display order is decode order, so no picture need wait: say so at once."""
+    codec, messages = frames_without_restriction("baseline")
+    play_fake(page, demo, codec, messages)
+    original = syntax.parse_sps(next(n for n in split_annexb(recording("baseline").units[0])
+                                     if n[0] & 0x1F == 7))
+    first = configured_sps(page)[0]
+    assert first.pic_order_cnt_type == 2 and first.max_num_reorder_frames == 0
+    for field in ("codec", "width", "height", "fps", "log2_max_frame_num", "sar"):
+        assert getattr(first, field) == getattr(original, field), field
+    # and Chromium decodes with it
+    assert page.eval_on_selector("cxrelay-player", "el => el.stats.painted") >= 30
+    assert page.evaluate("errors") == []
+
+
+def test_reordering_stream_keeps_its_sps(page: Any, demo: Daemon) -> None:
+    """B-frames (POC type 0, pts out of order): the SPS stays as the camera sent it."""
+    codec, messages = frames_without_restriction("bframes")
+    play_fake(page, demo, codec, messages)
+    configs = configured_sps(page)
+    assert configs and all(sps.max_num_reorder_frames is None for sps in configs), configs
+    assert page.eval_on_selector("cxrelay-player", "el => el.stats.painted") >= 20
+
+
+def test_a_gop_in_order_earns_the_restriction(page: Any, demo: Daemon) -> None:
+    """POC type 0 could reorder: the player adds the restriction only at the keyframe after a
+    whole GOP came in order (here the B-frame recording with pts in decode order)."""
+    codec, messages = frames_without_restriction("bframes", monotonic=True)
+    play_fake(page, demo, codec, messages)
+    configs = configured_sps(page)
+    assert [sps.max_num_reorder_frames for sps in configs] == [None, 0], configs
