@@ -90,6 +90,9 @@ class ServerConfig:
     ping_timeout: float = field(default=20.0, metadata=_LISTENER)
     viewer_max_delay: float = DEFAULT_MAX_DELAY
     viewer_max_bytes: int = DEFAULT_MAX_BYTES
+    # Seconds a viewer's socket may stay backed up before it is closed (a
+    # viewer that stopped reading); 0: never.
+    drain_timeout: float = 30.0
     # Paths: a reload rereads the same files (a renewed certificate), but a new
     # path waits for a restart.
     tls_cert: str | None = field(default=None, metadata=_LISTENER)
@@ -387,6 +390,7 @@ def _server(data: Any, env: Mapping[str, str]) -> ServerConfig:
                                    minimum=64, maximum=1 << 20),
         ping_interval=s.number("ping_interval", d.ping_interval, minimum=0, maximum=3600),
         ping_timeout=s.number("ping_timeout", d.ping_timeout, minimum=0, maximum=3600),
+        drain_timeout=s.number("drain_timeout", d.drain_timeout, minimum=0, maximum=3600),
         viewer_max_delay=s.number("viewer_max_delay", d.viewer_max_delay,
                                   minimum=0.05, maximum=60),
         viewer_max_bytes=s.integer("viewer_max_bytes", d.viewer_max_bytes,

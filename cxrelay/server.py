@@ -280,7 +280,8 @@ class RelayServer:
             await ws.close(CLOSE_POLICY, "token expired")
             return
         stream, keyframes = watch_options(request.path)  # checked by _admit
-        viewer = Viewer(ws, camera.new_backlog(), self.metrics, camera=name)
+        viewer = Viewer(ws, camera.new_backlog(), self.metrics, camera=name,
+                        drain_timeout=self.config.server.drain_timeout)
         await viewer.watch(camera, claims=claims, limiter=self.limiter, stream=stream,
                            keyframes=keyframes)
 
