@@ -35,11 +35,14 @@ class Decoder:
     by a frame per thread, and callers here want the newest picture now.
     """
 
-    def __init__(self, codec: str) -> None:
+    def __init__(self, codec: str, threads: int = 0) -> None:
+        """``threads``: FFmpeg's slice threads, 0 for one per core; 1 keeps a
+        decode on the caller's thread, for callers that bound CPU themselves."""
         self.codec = codec
         context = av.CodecContext.create(decoder_name(codec), "r")
         assert isinstance(context, av.VideoCodecContext)
         context.thread_type = "SLICE"
+        context.thread_count = threads
         self._context = context
         self._tags: dict[int, object] = {}
 
@@ -58,6 +61,17 @@ class Decoder:
             packet.time_base = MICROSECONDS
             for picture in self._context.decode(packet):
                 last = picture
+        return self._tagged(last)
+
+    def drain(self) -> tuple[VideoFrame, object] | None:
+        """The pictures a reordering decoder still holds: the last one, tagged.
+        The decoder is done after this; make a new one to go on."""
+        last: VideoFrame | None = None
+        for picture in self._context.decode(None):
+            last = picture
+        return self._tagged(last)
+
+    def _tagged(self, last: VideoFrame | None) -> tuple[VideoFrame, object] | None:
         if last is None:
             return None
         tag = self._tags.get(last.pts) if last.pts is not None else None
@@ -110,3 +124,30 @@ def packed_bytes(picture: VideoFrame) -> bytes:
                 start = y * plane.line_size
                 out += data[start : start + row]
     return bytes(out)
+
+
+JPEG_QUALITY = 4  # FFmpeg's scale, 2 (best) to 31: 1080p comes to about 100 KB
+
+
+def encode_jpeg(picture: VideoFrame, width: int | None = None, quality: int = JPEG_QUALITY
+                ) -> bytes:
+    """The picture as a baseline JPEG, scaled to ``width`` (aspect ratio kept)."""
+    image = convert(picture, "yuvj420p", width)
+    encoder = av.CodecContext.create("mjpeg", "w")
+    assert isinstance(encoder, av.VideoCodecContext)
+    encoder.width, encoder.height = image.width, image.height
+    encoder.pix_fmt = "yuvj420p"
+    encoder.time_base = Fraction(1, 25)
+    encoder.qmin = encoder.qmax = quality
+    encoder.thread_count = 1
+    return b"".join(bytes(p) for p in [*encoder.encode(image), *encoder.encode(None)])
+
+
+def decode_jpeg(data: bytes) -> VideoFrame:
+    """A JPEG back into a picture (to scale a kept one); av.FFmpegError if it isn't one."""
+    decoder = av.CodecContext.create("mjpeg", "r")
+    assert isinstance(decoder, av.VideoCodecContext)
+    pictures = [*decoder.decode(av.Packet(data)), *decoder.decode(None)]
+    if not pictures:
+        raise av.error.InvalidDataError(0, "no picture in the JPEG")
+    return pictures[-1]

@@ -278,6 +278,15 @@ class CameraHub:
         _, width, height = self._stream_key or (None, None, None)
         return {"name": self.stream, "width": width, "height": height}
 
+    def newest_gop(self) -> tuple[str, list[bytes]] | None:
+        """The live stream's codec and its frames since the last keyframe (protocol
+        v1 messages, the first a keyframe; shared, don't modify), for snapshots;
+        None when there are none."""
+        if self.state != CameraState.LIVE or self._stream_key is None:
+            return None
+        frames = self._gop.snapshot()
+        return (self._stream_key[0], frames) if frames else None
+
     def info(self) -> dict[str, Any]:
         fps, bitrate = self._rate.rates() if self.state == CameraState.LIVE else (None, None)
         codec, width, height = self._stream_key or (None, None, None)

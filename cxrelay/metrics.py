@@ -103,6 +103,12 @@ class Metrics:
                                   "How late the event loop ran a timer: the longest "
                                   "stretch anything held the loop",
                                   buckets=LOOP_LAG_BUCKETS, registry=r)
+        self.snapshot_decodes = Counter("cxrelay_snapshot_decodes",
+                                        "Snapshot decodes (requests that shared one or hit "
+                                        "the cache are not counted)", registry=r)
+        self.snapshot_decode_seconds = Histogram("cxrelay_snapshot_decode_seconds",
+                                                 "Time to decode a snapshot's frames",
+                                                 buckets=LATENCY_BUCKETS, registry=r)
         for reason in ("slow_viewer", "gop_cache_overflow", "partial", "corrupt"):
             self.frames_dropped.labels(reason)
 

@@ -11,10 +11,11 @@ import gzip
 import json
 import mimetypes
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -30,10 +31,20 @@ from cxrelay.access import (
     TokenVerifier,
     token_from_request,
 )
-from cxrelay.cameras import Cameras
+from cxrelay.cameras import Camera, Cameras
 from cxrelay.config import Config, ConfigError
 from cxrelay.metrics import Metrics
-from cxrelay.protocol import CLOSE_GOING_AWAY, CLOSE_POLICY, ProtocolError, watch_options
+from cxrelay.protocol import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY,
+    MAIN,
+    STREAMS,
+    SUB,
+    CameraState,
+    ProtocolError,
+    watch_options,
+)
+from cxrelay.snapshots import MIN_WIDTH, SnapshotError, Snapshots
 from cxrelay.viewer import Viewer, peer_address
 from cxrelay.wire import HIGH_WATER, LOW_WATER, RelayConnection
 
@@ -41,6 +52,9 @@ log = structlog.get_logger("cxrelay.server")
 
 STATIC_DIR = Path(__file__).parent / "static"
 SERVER_HEADER = f"cxrelay/{__version__}"
+SNAPSHOT_PREFIX = "/api/cameras/"
+SNAPSHOT_SUFFIX = "/snapshot.jpg"
+MAX_SNAPSHOT_WIDTH = 7680  # never wider than the camera's picture either
 
 
 def static_routes(directory: Path = STATIC_DIR) -> dict[str, Path]:
@@ -95,6 +109,7 @@ class RelayServer:
         self.limiter = ConnectionLimiter(config.server.max_connections_per_client)
         self._server: Server | None = None
         self._ssl: ssl.SSLContext | None = None
+        self.snapshots = Snapshots(metrics)
         self.apply(config)
 
     def apply(self, config: Config) -> None:
@@ -160,6 +175,7 @@ class RelayServer:
         """Stop accepting, and close every viewer with 1001 going away."""
         if self._server is not None:
             self._server.close(close_connections=True)
+        self.snapshots.close()
 
     async def wait_closed(self) -> None:
         if self._server is not None:
@@ -167,7 +183,8 @@ class RelayServer:
 
     # --- plain HTTP ---------------------------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _process_request(self, connection: ServerConnection, request: Request
+                         ) -> Response | Awaitable[Response] | None:
         path = request_path(request.path)
         if path.startswith("/ws/"):
             refusal = self._admit(connection, request, path[4:])
@@ -182,6 +199,10 @@ class RelayServer:
                 return refusal
             return json_response([camera.info() for camera in self.cameras.values()
                                   if claims is None or claims.allows(camera.name)])
+        if path.startswith(SNAPSHOT_PREFIX) and path.endswith(SNAPSHOT_SUFFIX):
+            name = path[len(SNAPSHOT_PREFIX):-len(SNAPSHOT_SUFFIX)]
+            if name and "/" not in name:
+                return self._snapshot(connection, request, name)
         if path.startswith("/api/"):
             return text_response(HTTPStatus.NOT_FOUND, "not found")
         if path == "/metrics":
@@ -212,11 +233,10 @@ class RelayServer:
             extra["Access-Control-Allow-Origin"] = "*"
         return response(HTTPStatus.OK, body, kind, extra)
 
-    def _admit(self, connection: ServerConnection, request: Request, name: str) -> Response | None:
-        """Decide before the upgrade whether this viewer may watch: origin (403),
-        token (401), camera (404), limits (503), in that order, so that nobody
-        without a token can learn which cameras exist."""
-        peer = peer_address(connection)
+    def _gate(self, request: Request, name: str, peer: str) -> Camera | Response:
+        """Who may see a camera, by /ws/ and snapshots alike: origin (403), token
+        (401), camera (404), in that order, so that nobody without a token can
+        learn which cameras exist."""
         headers = request.headers
         reason = self.origins.check(headers.get("Origin"), headers.get("Host"),
                                     tls=self._ssl is not None,
@@ -229,6 +249,15 @@ class RelayServer:
         camera = self.cameras.get(name)
         if camera is None:
             return self._refuse(HTTPStatus.NOT_FOUND, f"no camera named {name[:64]!r}", name, peer)
+        return camera
+
+    def _admit(self, connection: ServerConnection, request: Request, name: str) -> Response | None:
+        """Decide before the upgrade whether this viewer may watch: the gate,
+        then the options (400) and the limits (503)."""
+        peer = peer_address(connection)
+        camera = self._gate(request, name, peer)
+        if isinstance(camera, Response):
+            return camera
         try:
             watch_options(request.path)
         except ProtocolError as exc:
@@ -263,6 +292,60 @@ class RelayServer:
         log.info("viewer refused", camera=camera[:64], peer=peer, status=status.value,
                  reason=reason)
         return text_response(status, reason)
+
+    # --- snapshots ----------------------------------------------------------------------------
+
+    async def _snapshot(self, connection: ServerConnection, request: Request, name: str
+                        ) -> Response:
+        """The newest picture of a camera's stream as a JPEG (docs/snapshots.md):
+        the same gate as /ws/; decoded on request, in the snapshot pool."""
+        camera = self._gate(request, name, peer_address(connection))
+        if isinstance(camera, Response):
+            return camera
+        query = parse_qs(urlsplit(request.path).query)
+        stream = query.get("stream", [MAIN])[-1]
+        if stream not in STREAMS:
+            return text_response(HTTPStatus.BAD_REQUEST, "stream must be main or sub")
+        if stream == SUB and camera.sub is None:
+            return text_response(HTTPStatus.NOT_FOUND, f"camera {name} has no sub-stream")
+        width: int | None = None
+        if "width" in query:
+            text = query["width"][-1]
+            width = int(text) if text.isdigit() and len(text) < 6 else 0
+            if not MIN_WIDTH <= width <= MAX_SNAPSHOT_WIDTH:
+                return text_response(HTTPStatus.BAD_REQUEST,
+                                     f"width must be {MIN_WIDTH} to {MAX_SNAPSHOT_WIDTH} pixels")
+        extra: dict[str, str] = {}
+        origin = request.headers.get("Origin")
+        if origin:  # the gate let it in: let its scripts read the picture too
+            extra.update({"Access-Control-Allow-Origin": origin, "Vary": "Origin",
+                          "Access-Control-Expose-Headers": "X-Cxrelay-Age"})
+        hub = camera.hub(stream)
+        stills = self.snapshots.camera(name, stream)
+        latest = hub.newest_gop()
+        try:
+            if latest is not None:
+                still = await stills.newest(*latest)
+                body = await stills.jpeg(still, width)
+                extra["X-Cxrelay-Age"] = f"{still.age():.3f}"
+                return response(HTTPStatus.OK, body, "image/jpeg", extra)
+            if hub.state == CameraState.LIVE:  # a GOP over the cache's limit, or just starting
+                state = f"camera {name} has no picture to decode until its next keyframe"
+            else:
+                state = f"camera {name} is {hub.state}" + (f": {hub.reason}" if hub.reason
+                                                           else "")
+            kept = stills.still
+            if kept is None:
+                return text_response(HTTPStatus.SERVICE_UNAVAILABLE, state)
+            body = await stills.jpeg(kept, width)
+        except SnapshotError as exc:
+            log.info("snapshot failed", camera=name, stream=stream, reason=str(exc))
+            return text_response(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
+        # Not live: the last picture, with its age and the reason.
+        extra.update({"X-Cxrelay-Age": f"{kept.age():.3f}", "X-Cxrelay-State": str(hub.state),
+                      "Retry-After": "1"})
+        extra["X-Cxrelay-Reason"] = "".join(c if " " <= c <= "~" else "?" for c in state)
+        return response(HTTPStatus.SERVICE_UNAVAILABLE, body, "image/jpeg", extra)
 
     # --- viewers ------------------------------------------------------------------------------
 
