@@ -176,7 +176,7 @@ async def measure(width: int, height: int, requests: int, burst: int, bursts: in
 
         latency, age, behind, cpu = [], [], [], []
         for _ in range(requests):
-            await asyncio.sleep(rng.uniform(0.3, 0.9))
+            await asyncio.sleep(rng.uniform(0.1, GOP / FPS))  # any point of the GOP
             c0, t0 = cpu_seconds(pid), time.perf_counter()
             status, headers, body = await http_get(port, path)
             t1, c1 = time.perf_counter(), cpu_seconds(pid)
@@ -200,7 +200,7 @@ async def measure(width: int, height: int, requests: int, burst: int, bursts: in
 
         latency, age = [], []
         for _ in range(max(5, requests // 3)):
-            await asyncio.sleep(rng.uniform(0.3, 0.9))
+            await asyncio.sleep(rng.uniform(0.1, GOP / FPS))  # any point of the GOP
             t0 = time.perf_counter()
             key = await watcher.next_keyframe()
             await asyncio.to_thread(keyframe_jpeg, watcher.codec, key)
