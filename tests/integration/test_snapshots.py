@@ -74,6 +74,7 @@ async def test_snapshot_is_the_current_picture_without_waiting_for_a_keyframe(
     cam = rtsp_camera(stamp=True, draw_counter=True, gop=250)  # a keyframe every 10 s
     async with running_relay(make_config({"cam": cam.url})) as relay:
         port = relay.server.port
+        await live(port, "cam")
         async with viewer(port, "cam") as v:
             first = await _next_frame(v)  # the GOP's keyframe (the start of the catch-up)
             assert first.keyframe
@@ -96,6 +97,16 @@ async def test_snapshot_is_the_current_picture_without_waiting_for_a_keyframe(
             assert picture(body)[0] is not None
 
 
+async def live(port: int, name: str) -> None:
+    """Wait until the camera streams (a busy camera may miss the relay's first
+    session: then it comes with the relay's next attempt)."""
+
+    async def is_live() -> bool:
+        return (await api_camera(port, name))["state"] == "live"
+
+    await wait_for(is_live, timeout=60)
+
+
 async def _next_frame(v: Viewer) -> Frame:
     while not isinstance(message := await v.recv(), Frame):
         pass
@@ -111,6 +122,7 @@ async def test_concurrent_requests_are_served_by_one_decode(rtsp_camera) -> None
     camera = CameraConfig(name="cam", url=cam.url, read_timeout=20)
     async with running_relay(make_config([camera])) as relay:
         port = relay.server.port
+        await live(port, "cam")
         async with viewer(port, "cam") as v:
             await newest(v)
         os.kill(cam._process.pid, signal.SIGSTOP)
@@ -142,6 +154,7 @@ async def test_offline_camera_shows_its_last_picture_with_its_age(
                for n in ("seen", "unseen")]
     async with running_relay(make_config(cameras)) as relay:
         port = relay.server.port
+        await live(port, "seen")
         async with viewer(port, "seen") as v:
             await newest(v)
         status, _, body = await get(port, "/api/cameras/seen/snapshot.jpg")
@@ -211,6 +224,7 @@ async def test_snapshot_of_a_camera_with_b_frames(rtsp_camera) -> None:
     cam = rtsp_camera(stamp=True, draw_counter=True, bframes=2)
     async with running_relay(make_config({"cam": cam.url})) as relay:
         port = relay.server.port
+        await live(port, "cam")
         async with viewer(port, "cam") as v:
             await newest(v)
             for _ in range(3):
