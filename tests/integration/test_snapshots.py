@@ -11,6 +11,7 @@ from typing import Any
 
 import av
 import pytest
+from websockets.asyncio.client import connect
 
 from cxrelay import snapshots
 from cxrelay.access import mint_token
@@ -181,7 +182,8 @@ async def test_offline_camera_shows_its_last_picture_with_its_age(
 
 
 async def test_snapshots_have_the_access_rules_of_ws() -> None:
-    cameras = [CameraConfig(name="lobby", url="demo://?size=320x180"),
+    cameras = [CameraConfig(name="lobby", url="demo://?size=320x180",
+                            substream="demo://?size=160x90"),
                CameraConfig(name="door", url="demo://?size=320x180")]
     config = make_config(cameras, allowed_origins=("https://shop.example.com",))
     config = Config(server=config.server, cameras=config.cameras, auth=AuthConfig(secret=SECRET))
@@ -204,17 +206,28 @@ async def test_snapshots_have_the_access_rules_of_ws() -> None:
             == 403
         assert await status(f"{path}?token={lobby}&width=8") == \
             (400, b"width must be 16 to 7680 pixels\n")
-        assert await status(f"{path}?token={lobby}&stream=sub") == \
-            (404, b"camera lobby has no sub-stream\n")
+        assert await status(f"{path}?token={lobby}&stream=side") == \
+            (400, b"stream must be main or sub\n")
+        assert await status(f"/api/cameras/door/snapshot.jpg?token={everything}&stream=sub") \
+            == (404, b"camera door has no sub-stream\n")
         await wait_for(lambda: _live(port, "lobby", lobby), timeout=30)
         code, headers, body = await get(port, path, {"Cookie": f"cxrelay_token={lobby}",
                                                      "Origin": "https://shop.example.com"})
         assert code == 200 and body.startswith(b"\xff\xd8")
         assert headers["access-control-allow-origin"] == "https://shop.example.com"
+        # The sub-stream is pulled only while someone watches it; a snapshot
+        # doesn't start it.
+        code, body = await status(f"{path}?token={lobby}&stream=sub")
+        assert code == 503 and body.startswith(b"camera lobby is idle")
+        sub = f"/ws/lobby?stream=sub&token={lobby}"
+        async with connect(f"ws://127.0.0.1:{port}{sub}", max_size=None):
+            await wait_for(lambda: _live(port, "lobby", lobby, "&stream=sub"), timeout=30)
+            code, _, body = await get(port, f"{path}?token={lobby}&stream=sub")
+        assert code == 200 and picture(body)[1:] == (160, 90)
 
 
-async def _live(port: int, name: str, token: str) -> bool:
-    code, _, _ = await get(port, f"/api/cameras/{name}/snapshot.jpg?token={token}")
+async def _live(port: int, name: str, token: str, query: str = "") -> bool:
+    code, _, _ = await get(port, f"/api/cameras/{name}/snapshot.jpg?token={token}{query}")
     return code == 200
 
 
