@@ -17,8 +17,10 @@ Scenarios (the stream's own bitrate is measured first, unshaped):
   stall  unshaped, then down for 5 s from a third of the run, then back
   lossy  2 % loss and 50 ms delay, relay -> client
 
-Variants patch the relay for a comparison (see `--as-relay`): `today` as is, `lowat`
-sets TCP_NOTSENT_LOWAT (16 KiB) on each viewer's socket.
+Variants patch the relay for a comparison, side by side in one run (see `--as-relay`):
+`relay` as it is; `backlog-only` without the link ledger (only cxrelay's own backlog is
+bounded: what the relay did before); `backlog+lowat` the same with TCP_NOTSENT_LOWAT at
+16 KiB on each viewer's socket (the kernel's unsent bytes kept small, in-flight ones not).
 
 A benchmark, not a test: numbers depend on the machine and its load.
 """
@@ -49,25 +51,25 @@ LOWAT = 16 * 1024
 # -- relay variants (run inside the relay's process) -------------------------------------
 
 
+VARIANTS = ("relay", "backlog-only", "backlog+lowat")
+
+
 def apply_variant(variant: str) -> None:
     """Patch cxrelay before it starts, for a what-if comparison."""
-    if variant == "today":
+    if variant not in VARIANTS:
+        raise SystemExit(f"unknown variant {variant!r}: {', '.join(VARIANTS)}")
+    if variant == "relay":
         return
-    if variant == "lowat":
-        import socket
+    import socket
 
-        from cxrelay import viewer as viewer_module
+    from cxrelay import viewer as viewer_module
 
-        original = viewer_module.Viewer.__init__
-
-        def init(self: Any, ws: Any, *args: Any, **kwargs: Any) -> None:
-            original(self, ws, *args, **kwargs)
-            sock = ws.transport.get_extra_info("socket")
+    def no_ledger(transport: Any) -> None:
+        if variant == "backlog+lowat":
+            sock = transport.get_extra_info("socket")
             sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, LOWAT)
 
-        viewer_module.Viewer.__init__ = init  # type: ignore[method-assign]
-        return
-    raise SystemExit(f"unknown variant {variant!r}")
+    viewer_module.unacked_probe = no_ledger  # type: ignore[assignment]
 
 
 def run_as_relay(variant: str, argv: list[str]) -> None:
@@ -186,7 +188,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
-    parser.add_argument("--variants", default="today")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--file", type=Path, default=DEFAULT_FILE)
     parser.add_argument("--backend", choices=("emulator", "tbf"), default="emulator")

@@ -114,10 +114,13 @@ def init_message(camera: str, codec: str, width: int, height: int, *,
     return _dump(msg)
 
 
-def status_message(state: CameraState, reason: str | None = None) -> str:
+def status_message(state: CameraState | str, reason: str | None = None,
+                   link: str | None = None) -> str:
     msg: dict[str, Any] = {"type": "status", "state": state}
     if reason:
         msg["reason"] = reason
+    if link:
+        msg["link"] = link
     return _dump(msg)
 
 
@@ -212,3 +215,9 @@ def _number(value: Any) -> bool:
 
 def _integer(value: Any, maximum: int) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= maximum
+
+
+def with_link(status: str, link: str) -> str:
+    """A status message (as sent) with its viewer's link state set: "slow" or "ok"."""
+    msg = json.loads(status)
+    return status_message(msg.get("state", CameraState.LIVE), msg.get("reason"), link)

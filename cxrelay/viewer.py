@@ -22,10 +22,16 @@ stats; each bounded), and its log lines.
 
 from __future__ import annotations
 
+import array
 import asyncio
+import contextlib
+import fcntl
 import itertools
+import socket
+import termios
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -33,6 +39,7 @@ from websockets.exceptions import ConnectionClosed
 
 from cxrelay.access import Claims, ConnectionLimiter
 from cxrelay.backlog import Backlog, Entry
+from cxrelay.link import Admit, LinkLedger
 from cxrelay.metrics import Metrics
 from cxrelay.protocol import (
     CLOSE_INTERNAL,
@@ -50,6 +57,7 @@ from cxrelay.protocol import (
     parse_client_message,
     pong_message,
     with_flags,
+    with_link,
 )
 from cxrelay.ratelimit import TokenBucket
 from cxrelay.wire import HIGH_WATER, OPEN, Outgoing, RelayConnection, binary_frame, text_frame
@@ -76,8 +84,49 @@ SELECT_RATE = (1.0, 8.0)
 STATS_RATE = (1.0, 3.0)
 
 
+SIOCOUTQ = termios.TIOCOUTQ  # bytes in a TCP socket not yet acknowledged (unsent too)
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+# Unsent bytes the kernel may hold before the socket stops taking more: past that they
+# wait in the transport, then the backlog, where a cut can still drop them.
+NOTSENT_LOWAT = 128 * 1024
+# After an outage TCP resends on an exponential backoff: 5 s down can mean 4 s more of
+# silence once the link is back. Linux 6.15+ lets a socket cap that backoff (1 s is the
+# least it takes); older kernels refuse the option and keep their 120 s.
+TCP_RTO_MAX_MS = 44
+RTO_MAX_MS = 1000
+
+
 def monotonic_us() -> int:
     return time.monotonic_ns() // 1000
+
+
+def wall_us() -> int:
+    return time.time_ns() // 1000
+
+
+def unacked_probe(transport: Any) -> Callable[[], int] | None:
+    """A function giving the bytes of this connection that the client has not
+    acknowledged: the transport's buffer and the kernel socket's (sent or not).
+    None when there is no TCP socket to ask (tests' fakes, Unix sockets)."""
+    extra = getattr(transport, "get_extra_info", None)
+    sock = extra("socket") if extra is not None else None
+    if sock is None or getattr(sock, "family", None) not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    fd = sock.fileno()
+    with contextlib.suppress(OSError):  # an old kernel: the ledger counts it all anyway
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS, RTO_MAX_MS)
+    out = array.array("i", [0])
+
+    def unacked() -> int:
+        try:
+            fcntl.ioctl(fd, SIOCOUTQ, out, True)
+        except OSError:
+            return int(transport.get_write_buffer_size())
+        return int(transport.get_write_buffer_size()) + out[0]
+
+    return unacked
 
 
 def peer_address(connection: Any) -> str:
@@ -113,6 +162,13 @@ class Viewer:
         ws.on_drained = self._drained
         ws.on_paused = self._paused
         ws.on_replies = self._replies
+        # What the transport and the kernel still hold for this viewer, so that the
+        # delay bound counts it too, and a link slower than the stream gets keyframes.
+        self.link = LinkLedger(backlog.max_delay_us)
+        self._unacked = unacked_probe(self.transport)
+        self._ledger = self.link if self._unacked is not None else None
+        self._status: str | None = None  # the last status sent, resent with the link state
+        self._dropped_slow = metrics.frames_dropped.labels("slow_viewer")
         self._catchup_flag = FLAG_CATCHUP  # 0 for a still: shown, not skipped
         self.camera: Camera | None = None
         self.hub: CameraHub | None = None  # the stream watched
@@ -143,10 +199,11 @@ class Viewer:
         self._flush()
 
     def send_text(self, text: str) -> None:
+        wire = text_frame(self._with_link(text))
         if self._direct and self._room() and self.ws.state is OPEN:
-            self.transport.write(text_frame(text))
+            self._write_text(wire)
             return
-        self.backlog.put_text(text_frame(text), monotonic_us())
+        self.backlog.put_text(wire, monotonic_us())
         self._direct = False
         self._flush()
 
@@ -154,6 +211,9 @@ class Viewer:
         # The hot path: once per viewer per frame, for most viewers all there is.
         if self._direct and self.transport.get_write_buffer_size() <= HIGH_WATER \
                 and self.ws.state is OPEN:
+            ledger = self._ledger
+            if ledger is not None and not ledger.write_direct(len(frame.wire), frame.ingest_us):
+                return self._admit(frame, frame.ingest_us)
             self.transport.write(frame.wire)
             frame.delivered += 1
             self.sent_frames += 1
@@ -189,14 +249,13 @@ class Viewer:
         if self.ws.state is not OPEN:
             self._abandon()
             return
-        transport = self.transport
         while self._room():
             if self._pending:
                 item = self._pending.popleft()
                 if isinstance(item, str):
-                    transport.write(text_frame(item))
-                else:
-                    self._write_frame(with_flags(item, self._catchup_flag), None)
+                    self._write_text(text_frame(self._with_link(item)))
+                else:  # catch-up: aged from now, not from when the camera sent it
+                    self._write_frame(with_flags(item, self._catchup_flag), None, wall_us())
                 continue
             entry = self.backlog.pop()
             if entry is None:
@@ -206,22 +265,80 @@ class Viewer:
 
     def _write_entry(self, entry: Entry[Any]) -> None:
         if not entry.frame:
-            self.transport.write(entry.item)
+            self._write_text(entry.item)
             return
         frame: Outgoing = entry.item
-        if entry.discontinuity:
+        if self._ledger is not None:
+            if self._admit(frame, wall_us(), backlog_flagged=entry.discontinuity):
+                self._dropped_slow.inc()  # (live frames' drops are counted by the hub)
+        elif entry.discontinuity:
             self._write_frame(with_flags(frame.message, FLAG_DISCONTINUITY), frame.ingest_us)
         else:
             self.transport.write(frame.wire)
             self.sent_frames += 1
             self.metrics.delivered(len(frame.wire), frame.ingest_us)
 
-    def _write_frame(self, message: bytes, ingest_us: int | None) -> None:
+    def _write_frame(self, message: bytes, ingest_us: int | None,
+                     aged_from_us: int | None = None) -> None:
         """A frame of this viewer's own (catch-up, discontinuity): framed here."""
         wire = binary_frame(message)
         self.transport.write(wire)
+        if self._ledger is not None:
+            self._ledger.wrote(len(wire), aged_from_us or ingest_us or wall_us(), wall_us())
         self.sent_frames += 1
         self.metrics.delivered(len(wire), ingest_us)  # catch-up (None): old by design
+
+    def _write_text(self, wire: bytes) -> None:
+        self.transport.write(wire)
+        if self._ledger is not None:
+            self._ledger.wrote(len(wire))  # counted, never aged
+
+    # --- the link: what the kernel holds ----------------------------------------------------------
+
+    def _admit(self, frame: Outgoing, now_us: int, backlog_flagged: bool = False) -> int:
+        """A frame the hot path can't just write: sample the socket if due, and write
+        the frame, flagged, or skip it, as the ledger says. Returns frames skipped."""
+        ledger = self._ledger
+        unacked = self._unacked
+        assert ledger is not None and unacked is not None
+        if ledger.needs_sample(now_us):
+            ledger.sample(unacked(), now_us)
+        slow = ledger.slow
+        admit = ledger.admit(len(frame.wire), frame.keyframe, now_us)
+        if ledger.slow != slow:
+            self._link_changed()
+        if admit is Admit.SKIP:
+            self.backlog.dropped += 1
+            return 1
+        if admit is Admit.WRITE_DISCONTINUITY or backlog_flagged:
+            self._write_frame(with_flags(frame.message, FLAG_DISCONTINUITY), frame.ingest_us)
+            return 0
+        self.transport.write(frame.wire)
+        ledger.wrote(len(frame.wire), frame.ingest_us, now_us)
+        self.sent_frames += 1
+        self.metrics.delivered(len(frame.wire), frame.ingest_us)
+        return 0
+
+    def _with_link(self, text: str) -> str:
+        """Statuses carry the link's state once it is slow (and remember the camera's)."""
+        if text.startswith('{"type":"status"'):
+            self._status = text
+            if self.link.slow:
+                return with_link(text, "slow")
+        return text
+
+    def _link_changed(self) -> None:
+        """Tell the viewer its link carries only keyframes now, or the whole stream again
+        (ahead of the frame that made the change: the status goes out first)."""
+        link = self.link
+        rate = None if link.rate is None else round(link.rate * 8 / 1000)
+        stream = None if link.stream_rate is None else round(link.stream_rate * 8 / 1000)
+        self.log.info("link slow: keyframes only" if link.slow
+                      else "link fast enough: every frame",
+                      link_kbps=rate, stream_kbps=stream, frames_skipped=link.skipped)
+        if self._status is not None:
+            self._write_text(text_frame(with_link(self._status, "slow" if link.slow
+                                                  else "ok")))
 
     def _abandon(self) -> None:
         """websockets is closing the connection: nothing more may be written."""
