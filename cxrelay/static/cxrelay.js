@@ -44,11 +44,8 @@ const DECODE_QUEUE_MAX = 6; // frames waiting in the VideoDecoder before we skip
 const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 10000;
 const VERDICT_TIMEOUT_MS = 5000; // for the plain GET that asks the relay why it refused
-const NAL_SPS = 7;
-const NAL_PPS = 8;
 const MediaSourceClass = self.ManagedMediaSource || self.MediaSource;
 const mp4Type = (codec) => `video/mp4; codecs="${codec}"`;
-const isAvc = (codec) => /^avc[13]\./.test(codec);
 
 /**
  * What the relay's verdict (the status of a plain GET of the refused URL) means to a viewer.
@@ -441,8 +438,10 @@ export class CxrelayPlayer extends HTMLElement {
     this._unplayable = false;
     this._message.hidden = true;
     if (!Output) {
-      const message = `This browser can't play this camera's video (${codec || 'unknown codec'}).`;
-      this._showUnplayable('unsupported codec ' + codec, message);
+      const syntax = syntaxOf(codec);
+      const name = syntax ? `${syntax.name} (${codec})` : codec || 'an unknown codec';
+      const message = `This browser can't play this camera's video: it can't decode ${name}.`;
+      this._showUnplayable("can't decode " + name, message);
       this._error(message);
     } else {
       const status = this._relayStatus;
@@ -595,15 +594,20 @@ class WebCodecsOutput {
     this._onError = onError;
     /** @type {VideoDecoderConfig|null} from the init, without description; null before configure */
     this._config = null;
-    /** @type {boolean} H.264: configure with an avcC description, feed length-prefixed samples */
-    this._avc = false;
+    /**
+     * @type {Syntax|null} H.264 and H.265: configure with an avcC / hvcC description, feed
+     *     length-prefixed samples; null (other codecs): Annex B, no description
+     */
+    this._syntax = null;
     /**
      * @type {VideoDecoder|null} made at the first keyframe; null or closed while suspended,
      *     after an error, or when the browser reclaimed it: made again at the next keyframe
      */
     this._decoder = null;
-    /** @type {Uint8Array|null} the avcC the decoder is configured with; null: none yet */
+    /** @type {Uint8Array|null} the avcC / hvcC the decoder is configured with; null: none yet */
     this._description = null;
+    /** @type {boolean} (re)started at a keyframe, no trailing picture yet: RASL pictures are dropped */
+    this._leading = false;
     /** @type {FrameOrder} whether the stream reorders: decides the avcC's SPS */
     this._order = new FrameOrder();
     /** @type {boolean} frames are dropped until the next keyframe */
@@ -640,7 +644,7 @@ class WebCodecsOutput {
   /** @param {Init} init */
   async configure(init) {
     this._config = decoderConfig(init);
-    this._avc = isAvc(this._config.codec);
+    this._syntax = syntaxOf(this._config.codec);
     this._needKey = true;
     const decoder = this._decoder;
     if (decoder && decoder.state !== 'closed') decoder.reset(); // drop what the old stream queued
@@ -654,25 +658,28 @@ class WebCodecsOutput {
   /** @param {Frame} frame */
   feed(frame) {
     this._order.see(frame);
-    if (frame.key) this._needKey = false;
+    if (frame.key) this._leading = this._needKey;
     else if (this._needKey) return void this._dropped++;
+    this._needKey = false;
     let decoder = this._decoder;
     if (!decoder || decoder.state === 'closed') {
       if (!frame.key) return this._skip();
       decoder = this._decoder = this._newDecoder();
     }
+    const syntax = this._syntax;
     let data = frame.data;
     let description;
-    if (this._avc) {
+    if (syntax) {
       const units = splitNals(data);
+      if (raslAfterStart(this, syntax, frame, units)) return void this._dropped++;
       if (frame.key) {
-        description = avcConfig(units, this._order.inOrder);
+        description = syntax.config(units, this._order.inOrder);
         if (!description) return this._skip();
-        // The parameter sets travel in the description (what `avc1` means); drop the copies.
-        data = avcSample(units.filter((n) => !isParameterSet(n)));
-      } else data = avcSample(units);
+        // The parameter sets travel in the description (what `avc1`/`hvc1` mean): no copies.
+        data = lengthPrefixed(withoutSets(syntax, units));
+      } else data = lengthPrefixed(units);
     }
-    const changed = this._avc && !sameBytes(description, this._description); // new SPS/PPS
+    const changed = syntax && !sameBytes(description, this._description); // new parameter sets
     if (frame.key && (decoder.state !== 'configured' || changed)) {
       try {
         decoder.configure({ ...this._config, description });
@@ -781,7 +788,7 @@ class WebCodecsOutput {
 
 /** @param {Init} init */
 function decoderConfig(init) {
-  const config = { codec: String(init.codec || ''), optimizeForLatency: true };
+  const config = { codec: entryCodec(String(init.codec || '')), optimizeForLatency: true };
   if (init.width && init.height) {
     config.codedWidth = init.width;
     config.codedHeight = init.height;
@@ -792,14 +799,15 @@ function decoderConfig(init) {
 // --- Media Source Extensions --------------------------------------------------------------------
 
 /**
- * Media Source Extensions output (ManagedMediaSource first: iPhone): muxes H.264 into
- * fragmented MP4, one moof+mdat per access unit, and keeps the playhead at the live edge.
+ * Media Source Extensions output (ManagedMediaSource first: iPhone): muxes H.264 or H.265 into
+ * fragmented MP4 (`avc1`/`hvc1`), one moof+mdat per access unit, and keeps the playhead at the
+ * live edge.
  */
 class MseOutput {
   /** @param {Init} init */
   static supports(init) {
     const codec = String(init.codec || '');
-    return isAvc(codec) && !!MediaSourceClass?.isTypeSupported(mp4Type(codec));
+    return !!syntaxOf(codec) && !!MediaSourceClass?.isTypeSupported(mp4Type(entryCodec(codec)));
   }
 
   /**
@@ -824,7 +832,9 @@ class MseOutput {
     this._type = '';
     /** @type {Init|null} */
     this._init = null;
-    /** @type {Uint8Array|null} avcC of the last init segment; null: build from the next keyframe */
+    /** @type {Syntax} the stream's codec (H.264 or H.265) */
+    this._syntax = AVC;
+    /** @type {Uint8Array|null} avcC / hvcC of the last init segment; null: build from the next keyframe */
     this._description = null;
     /** @type {Uint8Array[]} init segment and fragments waiting for the SourceBuffer */
     this._queue = [];
@@ -858,6 +868,8 @@ class MseOutput {
     this._ingest = 0;
     /** @type {boolean} frames are dropped until the next keyframe */
     this._needKey = true;
+    /** @type {boolean} (re)started at a keyframe, no trailing picture yet: RASL pictures are dropped */
+    this._leading = false;
     /** @type {number} frames skipped, never appended */
     this._dropped = 0;
     video.disableRemotePlayback = true; // ManagedMediaSource wants no AirPlay alternative
@@ -880,8 +892,9 @@ class MseOutput {
 
   /** @param {Init} init */
   async configure(init) {
-    const type = mp4Type(init.codec);
+    const type = mp4Type(entryCodec(init.codec));
     this._init = init;
+    this._syntax = syntaxOf(init.codec);
     this._description = null; // init segment from the SPS/PPS of the next keyframe
     this._queue = [];
     this._needKey = true;
@@ -924,20 +937,23 @@ class MseOutput {
   /** @param {Frame} frame */
   feed(frame) {
     const delta = this._order.see(frame);
-    if (frame.key) this._needKey = false;
+    if (frame.key) this._leading = this._needKey;
     else if (this._needKey) return void this._dropped++;
+    this._needKey = false;
+    const syntax = this._syntax;
     let units = splitNals(frame.data);
+    if (raslAfterStart(this, syntax, frame, units)) return void this._dropped++;
     if (frame.key) {
       // A new init segment whenever the parameter sets change; in the samples they would
-      // only repeat (or contradict) the avcC.
-      const description = avcConfig(units, this._order.inOrder);
+      // only repeat (or contradict) the avcC / hvcC.
+      const description = syntax.config(units, this._order.inOrder);
       if (!description) return this._skip();
       if (!sameBytes(description, this._description)) {
         this._description = description;
         const { width, height } = this._init;
-        this._queue.push(initSegment(description, width, height));
+        this._queue.push(initSegment(syntax, description, width, height));
       }
-      units = units.filter((unit) => !isParameterSet(unit));
+      units = withoutSets(syntax, units);
     } else if (!this._description) return this._skip();
     // Right after the catch-up burst the queue is long and the playhead has yet to jump to the
     // newest picture: that is not falling behind.
@@ -1078,11 +1094,59 @@ class MseOutput {
   }
 }
 
-// --- H.264 bitstream helpers -------------------------------------------------------------------
+// --- H.264 / H.265 bitstream helpers ---------------------------------------------------------
 
-const nalType = (unit) => unit[0] & 31;
-const isSps = (unit) => nalType(unit) === NAL_SPS;
-const isParameterSet = (unit) => nalType(unit) === NAL_SPS || nalType(unit) === NAL_PPS;
+/**
+ * What the player needs to know of a codec's bitstream: NAL unit types, which of them are
+ * parameter sets (they travel in the decoder configuration record, not in the samples), how to
+ * build that record (avcC / hvcC) from a keyframe's NAL units, and the MP4 sample entry.
+ * @typedef {object} Syntax
+ * @property {(unit: Uint8Array) => number} type   nal_unit_type
+ * @property {number[]} sets                        parameter set types, in record order
+ * @property {(units: Uint8Array[], inOrder: boolean) => Uint8Array|null} config  the record,
+ *     or null; `inOrder`: the stream was seen in presentation order (see avcConfig)
+ * @property {string} entry                         sample entry ('avc1' | 'hvc1')
+ * @property {string} record                        its configuration box ('avcC' | 'hvcC')
+ * @property {string} name                          for people: 'H.264' | 'H.265'
+ */
+
+/** @type {Syntax} */
+const AVC = { type: (unit) => unit[0] & 31, sets: [7, 8], config: avcConfig, entry: 'avc1',
+  record: 'avcC', name: 'H.264' };
+/** @type {Syntax} */
+const HEVC = { type: (unit) => (unit[0] >> 1) & 63, sets: [32, 33, 34], config: hvcConfig,
+  entry: 'hvc1', record: 'hvcC', name: 'H.265' };
+
+/** @returns {Syntax|null} for an RFC 6381 codec string: H.264 and H.265 only */
+const syntaxOf = (codec) => (/^avc[13]\./.test(codec) ? AVC : /^(hvc1|hev1)\./.test(codec) ? HEVC : null);
+
+// The player always sends a complete record and keeps parameter sets out of keyframes' samples:
+// what `avc1`/`hvc1` mean (`avc3`/`hev1`: parameter sets in band), and all Safari plays.
+const entryCodec = (codec) => codec.replace(/^avc3/, 'avc1').replace(/^hev1/, 'hvc1');
+
+/** Keyframe NAL units without the parameter sets the record carries */
+const withoutSets = (syntax, units) => units.filter((unit) => !syntax.sets.includes(syntax.type(unit)));
+
+/** A record's units of one type: the units of that type, at most `max` */
+const ofType = (syntax, units, type, max) => units.filter((unit) => syntax.type(unit) === type).slice(0, max);
+
+/**
+ * Whether to drop this frame: an H.265 RASL picture (NAL types 8, 9) right after the output
+ * (re)started at a CRA keyframe references pictures from before it, which the decoder never got.
+ * A decoder that starts at the CRA drops them (H.265 8.1.3); one that keeps going after a skip
+ * would decode garbage. `output._leading`: (re)started at a keyframe, no trailing picture yet.
+ * @param {{_leading: boolean}} output
+ * @param {Syntax} syntax
+ * @param {Frame} frame
+ * @param {Uint8Array[]} units
+ */
+function raslAfterStart(output, syntax, frame, units) {
+  if (!output._leading || frame.key || syntax !== HEVC) return false;
+  const slice = units.map(HEVC.type).find((type) => type < 32);
+  if (slice === 8 || slice === 9) return true;
+  if (slice < 6) output._leading = false; // a trailing picture: no more leading ones
+  return false;
+}
 
 // Annex B -> NAL units (start codes and trailing zero bytes removed)
 function splitNals(bytes) {
@@ -1105,7 +1169,7 @@ function trimEnd(bytes, start, end) {
 }
 
 /** NAL units -> one sample: each unit behind its 4-byte length */
-const avcSample = (units) => concat(units.flatMap((unit) => [u32(unit.length), unit]));
+const lengthPrefixed = (units) => concat(units.flatMap((unit) => [u32(unit.length), unit]));
 
 function concat(parts) {
   const out = new Uint8Array(parts.reduce((n, part) => n + part.length, 0));
@@ -1137,8 +1201,8 @@ const HIGH_PROFILES = [100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 
  * @param {boolean} inOrder
  */
 function avcConfig(units, inOrder) {
-  const sps = units.filter(isSps).slice(0, 31);
-  const pps = units.filter((unit) => nalType(unit) === NAL_PPS).slice(0, 255);
+  const sps = ofType(AVC, units, 7, 31);
+  const pps = ofType(AVC, units, 8, 255);
   if (!sps.length || !pps.length || sps[0].length < 4) return null;
   const [, profile, constraints, level] = sps[0];
   const parts = [u8([1, profile, constraints, level, 0xff, 0xe0 | sps.length])];
@@ -1159,29 +1223,27 @@ function avcConfig(units, inOrder) {
 }
 
 /**
- * What the player needs from an SPS (H.264 7.3.2.1.1, E.1.1): chroma format and bit depths
- * (for avcC), the POC type, and `reorderFree`, a copy with a VUI bitstream_restriction that
- * lets a decoder hold no picture back (max_num_reorder_frames 0, max_dec_frame_buffering =
- * max_num_ref_frames, as libwebrtc writes it), or null when the SPS already has one or can't
- * be read.
- * @param {Uint8Array} sps
+ * Reads a NAL unit's RBSP from byte `start` on, emulation prevention bytes removed: `bits` (an
+ * array of 0 and 1), `u(n)` the next n bits, `ue()` the next Exp-Golomb number, `at()` how
+ * many bits were read. Reading past the end throws a RangeError.
+ * @param {Uint8Array} unit
+ * @param {number} start
  */
-function readSps(sps) {
-  const facts = { chroma: 1, lumaDepth: 0, chromaDepth: 0, poc: 0, reorderFree: null };
+function rbspReader(unit, start) {
   const bits = [];
-  for (let i = 1, zeros = 0; i < sps.length; i++) {
-    if (zeros >= 2 && sps[i] === 3) {
+  for (let i = start, zeros = 0; i < unit.length; i++) {
+    if (zeros >= 2 && unit[i] === 3) {
       zeros = 0; // emulation prevention byte
       continue;
     }
-    zeros = sps[i] ? 0 : zeros + 1;
-    for (let bit = 7; bit >= 0; bit--) bits.push((sps[i] >> bit) & 1);
+    zeros = unit[i] ? 0 : zeros + 1;
+    for (let bit = 7; bit >= 0; bit--) bits.push((unit[i] >> bit) & 1);
   }
   let at = 0;
   const u = (n) => {
     let value = 0;
     for (; n > 0; n--) {
-      if (at >= bits.length) throw new RangeError('SPS truncated');
+      if (at >= bits.length) throw new RangeError('NAL unit truncated');
       value = value * 2 + bits[at++];
     }
     return value;
@@ -1191,6 +1253,58 @@ function readSps(sps) {
     while (!u(1)) if (++zeros > 31) throw new RangeError('bad Exp-Golomb code');
     return 2 ** zeros - 1 + u(zeros);
   };
+  return { bits, u, ue, at: () => at };
+}
+
+/**
+ * HEVCDecoderConfigurationRecord (ISO/IEC 14496-15 §8.3.3) from a keyframe's VPS, SPS and PPS
+ * (each array complete: `hvc1`): the WebCodecs `description` and the body of the MP4 `hvcC` box.
+ * What a relay cannot know without reading more of the stream is written as "unknown", as
+ * cxrelay.h265.build_hvcc does: min_spatial_segmentation_idc, parallelismType, frame rate 0.
+ * Null without all three, or with an SPS that can't be read. (H.265 SPSs always say how many
+ * pictures a decoder must hold back: nothing to add, unlike H.264's.)
+ * @param {Uint8Array[]} units
+ */
+function hvcConfig(units) {
+  const sets = HEVC.sets.map((type) => ofType(HEVC, units, type, 65535));
+  if (sets.some((list) => !list.length)) return null;
+  try {
+    const { u, ue } = rbspReader(sets[1][0], 2);
+    u(4); // sps_video_parameter_set_id
+    const subLayers = u(3); // sps_max_sub_layers_minus1
+    const nesting = u(1); // sps_temporal_id_nesting_flag
+    const ptl = []; // general profile, tier and level: 12 bytes
+    for (let i = 0; i < 12; i++) ptl.push(u(8));
+    const present = []; // sub_layer_profile_present_flag, sub_layer_level_present_flag
+    for (let i = 0; i < subLayers; i++) present.push(u(2));
+    if (subLayers) u(2 * (8 - subLayers));
+    for (const flags of present) u((flags >> 1) * 88 + (flags & 1) * 8);
+    ue(); // sps_seq_parameter_set_id
+    const chroma = ue();
+    if (chroma === 3) u(1); // separate_colour_plane_flag
+    ue(); // pic_width_in_luma_samples
+    ue(); // pic_height_in_luma_samples
+    if (u(1)) for (let i = 0; i < 4; i++) ue(); // conformance window offsets
+    return concat([u8([1, ...ptl, 0xf0, 0, 0xfc, 0xfc | (chroma & 3), 0xf8 | (ue() & 7),
+      0xf8 | (ue() & 7), 0, 0, ((subLayers + 1) << 3) | (nesting << 2) | 3, 3]),
+    ...sets.flatMap((list, i) => [u8([0x80 | HEVC.sets[i]]), u16(list.length),
+      ...list.flatMap((unit) => [u16(unit.length), unit])])]);
+  } catch (e) {
+    return null; // unreadable SPS
+  }
+}
+
+/**
+ * What the player needs from an SPS (H.264 7.3.2.1.1, E.1.1): chroma format and bit depths
+ * (for avcC), the POC type, and `reorderFree`, a copy with a VUI bitstream_restriction that
+ * lets a decoder hold no picture back (max_num_reorder_frames 0, max_dec_frame_buffering =
+ * max_num_ref_frames, as libwebrtc writes it), or null when the SPS already has one or can't
+ * be read.
+ * @param {Uint8Array} sps
+ */
+function readSps(sps) {
+  const facts = { chroma: 1, lumaDepth: 0, chromaDepth: 0, poc: 0, reorderFree: null };
+  const { bits, u, ue, at } = rbspReader(sps, 1);
   const hrd = () => {
     let count = ue() + 1;
     u(8); // bit_rate_scale, cpb_size_scale
@@ -1255,10 +1369,10 @@ function readSps(sps) {
       if (nalHrd || vclHrd) u(1); // low_delay_hrd_flag
       u(1); // pic_struct_present_flag
       if (u(1)) return facts; // bitstream_restriction_flag: it says already
-      head = bits.slice(0, at - 1);
+      head = bits.slice(0, at() - 1);
     } else {
       // a VUI with nothing in it but the restriction: eight "not present" flags
-      head = [...bits.slice(0, at - 1), 1, 0, 0, 0, 0, 0, 0, 0, 0];
+      head = [...bits.slice(0, at() - 1), 1, 0, 0, 0, 0, 0, 0, 0, 0];
     }
     const ueBits = (value) => {
       const code = (value + 1).toString(2);
@@ -1298,14 +1412,15 @@ const MATRIX = [0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000].map(u32);
 const box = (type, ...parts) => concat([u32(8 + parts.reduce((n, p) => n + p.length, 0)), str(type), ...parts]);
 const full = (type, vf, ...parts) => box(type, u32(vf), ...parts);
 
-// ftyp + moov for one H.264 track on a 90 kHz timeline, of unknown duration (live: Chromium then
-// renders with low delay)
-function initSegment(description, width, height) {
+// ftyp + moov for one H.264 or H.265 track on a 90 kHz timeline, of unknown duration (live:
+// Chromium then renders with low delay)
+function initSegment(syntax, description, width, height) {
   const w = width || 0;
   const h = height || 0;
-  const avc1 = box('avc1', zeros(6), u16(1), zeros(16), u16(w), u16(h), u32(0x480000),
-    u32(0x480000), zeros(4), u16(1), zeros(32), u16(0x18), u16(0xffff), box('avcC', description));
-  const stbl = box('stbl', full('stsd', 0, u32(1), avc1), full('stts', 0, u32(0)),
+  const entry = box(syntax.entry, zeros(6), u16(1), zeros(16), u16(w), u16(h), u32(0x480000),
+    u32(0x480000), zeros(4), u16(1), zeros(32), u16(0x18), u16(0xffff),
+    box(syntax.record, description));
+  const stbl = box('stbl', full('stsd', 0, u32(1), entry), full('stts', 0, u32(0)),
     full('stsc', 0, u32(0)), full('stsz', 0, u32(0), u32(0)), full('stco', 0, u32(0)));
   const minf = box('minf', full('vmhd', 1, zeros(8)),
     box('dinf', full('dref', 0, u32(1), full('url ', 1))), stbl);
@@ -1322,7 +1437,7 @@ function initSegment(description, width, height) {
 
 // One moof+mdat per access unit, NAL units length-prefixed.
 function fragment(sequence, decodeTime, offset, duration, key, units) {
-  const data = avcSample(units);
+  const data = lengthPrefixed(units);
   const mfhd = full('mfhd', 0, u32(sequence));
   const tfhd = full('tfhd', 0x20000, u32(1)); // default-base-is-moof
   const tfdt = full('tfdt', 0x1000000, u32(Math.floor(decodeTime / 2 ** 32)), u32(decodeTime >>> 0));
