@@ -82,6 +82,10 @@ PING_INTERVAL = 20.0
 MAX_MESSAGE = 64 * 1024 * 1024  # one access unit; the relay's whole GOP cache is 16 MiB
 MAX_PENDING = 64 * 1024 * 1024  # undecoded bytes pictures() holds before it skips ahead
 MAX_REASON = 200
+# Reasons the relay gives with close 1008 (docs/protocol.md, Closing); any other 1008
+# means this client broke protocol v1's rules.
+TOKEN_EXPIRED = "token expired"
+NOT_READING = "not reading"
 
 TokenSource = str | Callable[[], str | Awaitable[str]]
 T = TypeVar("T")
@@ -400,11 +404,15 @@ class Camera:
         """The connection closed under us: raise what no retry fixes, else note it."""
         code = exc.rcvd.code if exc.rcvd is not None else 1006
         reason = _one_line(exc.rcvd.reason) if exc.rcvd is not None else ""
-        if code == CLOSE_POLICY:
+        if code == CLOSE_POLICY and reason == NOT_READING:
+            # The consumer was too slow for the relay's patience: come back, at a keyframe.
+            log.warning("%s: closed by the relay: %s (the consumer of frames() fell behind)",
+                        self.url, reason)
+        elif code == CLOSE_POLICY and reason == TOKEN_EXPIRED:
             if isinstance(self._token_source, str) or self._token_source is None:
                 raise TokenExpired(self.url, reason, code=code) from None
             self._fresh_token = True
-        elif code in (CLOSE_UNSUPPORTED, CloseCode.MESSAGE_TOO_BIG):
+        elif code in (CLOSE_POLICY, CLOSE_UNSUPPORTED, CloseCode.MESSAGE_TOO_BIG):
             raise ProtocolError(self.url, reason, code=code) from None
         elif code == CLOSE_TRY_AGAIN:
             reason = reason or "too many connections"

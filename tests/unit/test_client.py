@@ -71,6 +71,10 @@ def test_close_codes_map_to_errors() -> None:
         cam._dropped(closed(1008, "token expired"))
     with pytest.raises(ProtocolError, match=r"\(1003\)"):
         cam._dropped(closed(1003, "binary messages are not accepted"))
+    with pytest.raises(ProtocolError, match=r"\(1008\): too many pings$"):
+        cam._dropped(closed(1008, "too many pings"))
+    cam._dropped(closed(1008, "not reading"))  # too slow a consumer: reconnect
+    assert (cam.state, cam.reason) == ("offline", "not reading")
     cam._dropped(closed(1001, "server shutting down"))  # retried, not raised
     assert (cam.state, cam.reason) == ("offline", "server shutting down")
     cam._dropped(ConnectionClosedError(None, None))  # no close frame: 1006
