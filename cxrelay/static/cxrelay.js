@@ -13,6 +13,11 @@
  *   src      full WebSocket URL, e.g. "wss://edge-box:8443/ws/lobby"; wins over camera/server
  *   token    viewer token, sent as ?token=…
  *
+ * Methods:
+ *   snapshot(type?, quality?)  a Promise of a Blob holding the picture on screen, at the stream's
+ *            size: type 'image/png' (default), 'image/jpeg' or 'image/webp', quality 0-1 for
+ *            lossy types; rejects when nothing has been shown yet
+ *
  * Read-only properties:
  *   state    'idle' (not streaming: hidden, off-screen or detached) | 'connecting' | 'live' |
  *            'offline' | 'error'
@@ -211,6 +216,33 @@ export class CxrelayPlayer extends HTMLElement {
       painted: retired.painted + played.painted,
       latency: Math.round(played.latency),
     };
+  }
+
+  /**
+   * The picture on screen as an image, at the stream's size: what the viewer sees now (the
+   * last picture stays on screen while idle, offline or reconnecting).
+   * @param {string} [type] 'image/png' (default), 'image/jpeg', 'image/webp'
+   * @param {number} [quality] 0 to 1, for lossy types
+   * @returns {Promise<Blob>} rejects when no picture has been shown yet
+   */
+  snapshot(type = 'image/png', quality = undefined) {
+    const video = this._video;
+    let canvas = this._canvas;
+    if (video && !video.hidden) {
+      // MSE: copy the video element's current picture (toBlob needs a canvas)
+      if (video.readyState < 2 || !video.videoWidth) return noPicture();
+      canvas = document.createElement('canvas');
+      canvas.width = video.videoWidth;
+      canvas.height = video.videoHeight;
+      canvas.getContext('2d').drawImage(video, 0, 0, canvas.width, canvas.height);
+    } else if (!canvas || this.stats.painted === 0) {
+      return noPicture();
+    }
+    // toBlob takes the canvas's picture now; only the encoding happens later
+    return new Promise((resolve, reject) => canvas.toBlob((blob) => {
+      if (blob) resolve(blob);
+      else reject(new Error(`snapshot: the browser could not encode ${type}`));
+    }, type, quality));
   }
 
   // --- element lifecycle --------------------------------------------------------------------
@@ -784,6 +816,10 @@ class WebCodecsOutput {
     this._painted++;
     if (this._pendingIngest) this._latency = Date.now() - this._pendingIngest;
   }
+}
+
+function noPicture() {
+  return Promise.reject(new Error('snapshot: no picture on screen yet'));
 }
 
 /** @param {Init} init */
