@@ -181,6 +181,7 @@ class Init:
     width: int
     height: int
     protocol: int = 1
+    stream: str = "main"  # or "sub": the camera's sub-stream (?stream=sub in the URL)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -484,7 +485,8 @@ class Camera:
                 init = Init(camera=str(message.get("camera", self.name)),
                             codec=str(message["codec"]), width=int(message.get("width") or 0),
                             height=int(message.get("height") or 0),
-                            protocol=int(message.get("protocol", 1)))
+                            protocol=int(message.get("protocol", 1)),
+                            stream=str(message.get("stream", "main")))
             except (KeyError, TypeError, ValueError):
                 return
             self._continuity.new_init(init == self.init)

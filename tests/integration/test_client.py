@@ -76,7 +76,7 @@ async def test_every_frame_in_order(shared_camera) -> None:
         await asyncio.sleep(1.0)  # a GOP partly cached: the first frames are catch-up
         async with client.connect(ws_url(relay, "cam")) as cam:
             frames = await take(cam.frames(), 75)
-            assert cam.init == client.Init("cam", cam.init.codec, 640, 360)
+            assert cam.init == client.Init("cam", cam.init.codec, 640, 360, 1, "main")
             assert cam.state == "live"
         assert frames[0].keyframe and frames[0].catchup
         assert any(f.catchup for f in frames) and not frames[-1].catchup
