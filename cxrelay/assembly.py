@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from cxrelay.h264.bits import START_CODE, split_nals
+from cxrelay.annexb import START_CODE, split_nals
 from cxrelay.ingest import StreamParams
 
 __all__ = ["AccessUnit", "Picture", "PictureAssembler", "SequenceParams", "SliceInfo"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import ClassVar
 
+from cxrelay.annexb import START_CODE, split_nals
+
 NAL_SLICE = 1  # coded slice of a non-IDR picture
 NAL_DPA = 2  # slice data partition A (carries the slice header)
 NAL_DPB = 3
@@ -32,8 +34,6 @@ NAL_SLICE_EXT = 20
 # Video coding layer: the NAL units that carry a picture's slices.
 VCL_TYPES = frozenset({NAL_SLICE, NAL_DPA, NAL_DPB, NAL_DPC, NAL_IDR})
 
-START_CODE = b"\x00\x00\x00\x01"
-_SC3 = b"\x00\x00\x01"
 _EPB = b"\x00\x00\x03"
 
 
@@ -49,32 +49,6 @@ def nal_type(nal: bytes) -> int:
     if not nal:
         raise H264Error("empty NAL unit")
     return nal[0] & 0x1F
-
-
-def split_nals(data: bytes) -> tuple[list[bytes], bool]:
-    """NAL units of an Annex B buffer, and whether non-zero bytes came before
-    the first start code (bytes that belong to no NAL unit we can see)."""
-    first = data.find(_SC3)
-    if first < 0:
-        return [], data.count(0) != len(data)
-    stray = data.count(0, 0, first) != first
-    nals: list[bytes] = []
-    start = first + 3
-    size = len(data)
-    while start <= size:
-        nxt = data.find(_SC3, start)
-        end = size if nxt < 0 else nxt
-        nal = data[start:end]
-        # A NAL unit never ends in a zero byte: trailing zeros are the next
-        # 4-byte start code's first byte, or trailing_zero_8bits.
-        if nal[-1:] == b"\x00":
-            nal = nal.rstrip(b"\x00")
-        if nal:
-            nals.append(nal)
-        if nxt < 0:
-            break
-        start = nxt + 3
-    return nals, stray
 
 
 def split_annexb(data: bytes) -> list[bytes]:

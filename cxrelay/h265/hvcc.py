@@ -10,7 +10,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cxrelay.h264.bits import split_nals
+from cxrelay.annexb import split_nals
 from cxrelay.h265.nal import (
     NAL_PPS,
     NAL_PREFIX_SEI,
