@@ -54,6 +54,14 @@ class Admit(enum.Enum):
 
 
 class LinkLedger:
+    __slots__ = (
+        "_behind", "_cut_us", "_full_since_us", "_history", "_hot", "_key", "_key_rate",
+        "_key_rate_us", "_ledger", "_need_key", "_pending", "_probe_at_us",
+        "_probe_backoff_us", "_probing", "_sample_after_us", "_sampled_us",
+        "_sampled_written", "_skipped", "_wait_us", "_window_bytes", "_window_us",
+        "_written", "cuts", "max_delay_us", "rate", "skipped", "slow", "stream_rate",
+    )
+
     def __init__(self, max_delay_us: int) -> None:
         self.max_delay_us = max_delay_us
         self._sample_after_us = max_delay_us // SAMPLE_FRACTION
@@ -104,9 +112,8 @@ class LinkLedger:
         ledger = self._ledger
         if ledger and at_us - ledger[0][1] >= self._sample_after_us:
             return False
-        self._written += size
-        self._window_bytes += size
-        ledger.append((self._written, at_us, at_us))
+        self._written = written = self._written + size
+        ledger.append((written, at_us, at_us))
         return True
 
     def needs_sample(self, now_us: int) -> bool:
@@ -224,8 +231,8 @@ class LinkLedger:
         return now_us >= self._probe_at_us and not self._fast_enough(now_us)
 
     def _offer(self, size: int, now_us: int) -> None:
-        """A frame offered (written or not): the stream's rate, over windows of a few
-        seconds (`write_direct` adds its bytes too)."""
+        """A frame offered (written or not) outside the hot path: the stream's rate, over
+        windows of a few seconds (needed only once the viewer is slow)."""
         start = self._window_us
         if start is None:
             self._window_us = now_us
