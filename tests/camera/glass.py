@@ -8,8 +8,8 @@ blended picture reads as no code rather than a wrong one. The bits: capture time
 milliseconds modulo 2**32 (a reader takes the nearest such time to its own clock), a frame
 counter (8 bits), and a CRC-8 of those 5 bytes. Large flat cells survive any sane encoder.
 
-Below the strip the picture is a grey ramp with a bar that moves every frame, so the
-encoder has real work and P-frames aren't empty.
+The test camera (`rtsp_camera.py --glass`) lays the strip over its moving test
+picture as the picture goes into the encoder: the time drawn is the capture time.
 
 Pure Python, no numpy: used by the test camera under Debian's /usr/bin/python3, by the
 GStreamer reader (the floor), and, as the JavaScript twin in benchmarks/glass.py, by pages.
@@ -20,8 +20,6 @@ from __future__ import annotations
 CELLS = 32  # per row
 ROWS = 3
 BITS = 48
-WHITE = 235  # video-range luma
-BLACK = 16
 MIN_CONTRAST = 60  # the two cells of a bit must differ at least this much
 
 
@@ -45,14 +43,11 @@ def strip_height(width: int) -> int:
     return ROWS * (width // CELLS)
 
 
-_ramps: dict[int, bytes] = {}
-
-
-def luma_plane(width: int, height: int, capture_ms: int, counter: int) -> bytes:
-    """The Y plane (width x height, 8 bits) of frame `counter` captured at `capture_ms`."""
+def bgra_strip(width: int, capture_ms: int, counter: int) -> tuple[bytes, int, int]:
+    """(BGRA pixels, width, height) of the code strip for a picture `width` wide, to be
+    put at its top left corner (the test camera's overlay)."""
     cell = width // CELLS
-    white, black = bytes([WHITE]) * cell, bytes([BLACK]) * cell
-    pad = bytes([BLACK]) * (width - CELLS * cell)
+    white, black = b"\xff\xff\xff\xff" * cell, b"\x00\x00\x00\xff" * cell
     bits = code_bits(capture_ms, counter)
     rows: list[bytes] = []
     for row in range(ROWS):
@@ -61,21 +56,8 @@ def luma_plane(width: int, height: int, capture_ms: int, counter: int) -> bytes:
             index = row * CELLS + col
             bit = bits[index // 2]
             cells.append(white if (bit if index % 2 == 0 else 1 - bit) else black)
-        rows.append((b"".join(cells) + pad) * cell)
-    # Background: a horizontal ramp with a moving bright bar, the same on every line.
-    ramp = _ramps.get(width)
-    if ramp is None:
-        ramp = _ramps[width] = bytes(64 + (x * 128) // width for x in range(width))
-    bar = (counter * 8) % width
-    end = min(width, bar + 24)
-    line = ramp[:bar] + bytes([WHITE]) * (end - bar) + ramp[end:]
-    return b"".join(rows) + line * (height - strip_height(width))
-
-
-def i420_frame(width: int, height: int, capture_ms: int, counter: int) -> bytes:
-    """A whole I420 frame: the luma plane and flat (grey) chroma."""
-    chroma = bytes([128]) * ((width // 2) * (height // 2))
-    return luma_plane(width, height, capture_ms, counter) + chroma + chroma
+        rows.append(b"".join(cells) * cell)
+    return b"".join(rows), CELLS * cell, ROWS * cell
 
 
 def read_code(luma: bytes | memoryview, width: int, stride: int | None = None

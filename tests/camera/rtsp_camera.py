@@ -38,6 +38,7 @@ gi.require_version("GstVideo", "1.0")
 from gi.repository import GLib, Gst, GstBase, GstRtsp, GstRtspServer, GstVideo  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from glass import bgra_strip  # noqa: E402
 from stamp import (  # noqa: E402
     draw_counter,
     h265_nal_type,
@@ -106,6 +107,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="draw each picture's number (from 1; the stamp's counter when there are no "
         "B-frames) into it as blocks at the top left (stamp.read_drawn_counter reads it)",
     )
+    parser.add_argument(
+        "--glass",
+        action="store_true",
+        help="draw each picture's capture time (ms) into it as a strip of blocks across "
+        "the top, as it goes into the encoder (glass.read_code reads it; "
+        "benchmarks/glass.py)",
+    )
     parser.add_argument("--user", help="require RTSP authentication as this user")
     parser.add_argument("--password", default="", help="password for --user")
     parser.add_argument("--auth", choices=("basic", "digest"), default="basic")
@@ -125,6 +133,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.path = "/" + args.path
     if args.slices < 1 or args.fps < 1 or args.gop < 1:
         parser.error("--slices, --fps and --gop must be positive")
+    if args.glass and args.draw_counter:
+        parser.error("--glass and --draw-counter both draw at the top left: pick one")
     return args
 
 
@@ -157,6 +167,7 @@ def encoder_description(args: argparse.Namespace) -> str:
         f"video/x-raw,format=I420,width={args.width},height={args.height},"
         f"framerate={args.fps}/1 ! "
         f"{'overlaycomposition name=counter ! ' if args.draw_counter else ''}"
+        f"{'overlaycomposition name=glass ! ' if args.glass else ''}"
         f"{encoder} key-int-max={args.gop} bitrate={args.bitrate} "
         f'option-string="{":".join(options)}" name=encoder ! '
         f"{CODECS[args.codec].caps},stream-format=byte-stream,alignment=au ! "
@@ -240,6 +251,8 @@ class Camera:
         self.encoder = self.producer.get_by_name("encoder")
         if self.args.draw_counter:
             self.producer.get_by_name("counter").connect("draw", self.on_draw)
+        if self.args.glass:
+            self.producer.get_by_name("glass").connect("draw", self.on_glass)
         sink = self.producer.get_by_name("sink")
         sink.set_property("emit-signals", True)
         sink.connect("new-sample", self.on_sample)
@@ -251,15 +264,12 @@ class Camera:
     def on_draw(self, _element: Gst.Element, _sample: Gst.Sample) -> Any:
         """The overlay for the next raw picture: its number, as blocks (stamp.py)."""
         self.drawn += 1
-        pixels, width, height = draw_counter(self.drawn, self.args.width)
-        buffer = Gst.Buffer.new_wrapped(pixels)
-        GstVideo.buffer_add_video_meta(
-            buffer, GstVideo.VideoFrameFlags.NONE, GstVideo.VideoFormat.BGRA, width, height
-        )
-        rectangle = GstVideo.VideoOverlayRectangle.new_raw(
-            buffer, 0, 0, width, height, GstVideo.VideoOverlayFormatFlags.NONE
-        )
-        return GstVideo.VideoOverlayComposition.new(rectangle)
+        return overlay(*draw_counter(self.drawn, self.args.width))
+
+    def on_glass(self, _element: Gst.Element, _sample: Gst.Sample) -> Any:
+        """The overlay for the next raw picture: the time now, its capture time (glass.py)."""
+        self.drawn += 1
+        return overlay(*bgra_strip(self.args.width, time.time_ns() // 1_000_000, self.drawn))
 
     def on_producer_error(self, _bus: Gst.Bus, message: Gst.Message) -> None:
         error, debug = message.parse_error()
@@ -438,6 +448,18 @@ class Camera:
             self.server.client_filter(lambda *_: GstRtspServer.RTSPFilterResult.REMOVE)
         if self.producer is not None:
             self.producer.set_state(Gst.State.NULL)
+
+
+def overlay(pixels: bytes, width: int, height: int) -> Any:
+    """A composition putting BGRA `pixels` (width x height) at a picture's top left."""
+    buffer = Gst.Buffer.new_wrapped(pixels)
+    GstVideo.buffer_add_video_meta(
+        buffer, GstVideo.VideoFrameFlags.NONE, GstVideo.VideoFormat.BGRA, width, height
+    )
+    rectangle = GstVideo.VideoOverlayRectangle.new_raw(
+        buffer, 0, 0, width, height, GstVideo.VideoOverlayFormatFlags.NONE
+    )
+    return GstVideo.VideoOverlayComposition.new(rectangle)
 
 
 def unsync_sink(_bin: Gst.Bin, _parent: Gst.Bin, element: Gst.Element) -> None:
