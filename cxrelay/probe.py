@@ -126,12 +126,15 @@ def h265_level_name(level_idc: int) -> str:
 
 
 # What Safari, Chrome/Edge and Firefox decode, by format and profile (field notes:
-# Chrome and Edge decode H.265 only with a platform/hardware decoder, Firefox
-# only in recent versions and with one too; Safari does).
+# Chrome and Edge decode H.265 only with a platform/hardware decoder; Safari does;
+# Firefox on Linux does through the system's FFmpeg, on the Media Source path only
+# (Firefox ESR 153 on Debian 12, tests/browser/test_h265.py), elsewhere only with a
+# hardware decoder).
 _HARDWARE = "only with a hardware H.265 decoder"
+_FIREFOX = "Linux: yes (Media Source, system FFmpeg); elsewhere " + _HARDWARE
 _H265_BROWSERS = {
-    "Main": {"Safari": "yes", "Chrome/Edge": _HARDWARE, "Firefox": "rarely: " + _HARDWARE},
-    "Main 10": {"Safari": "yes", "Chrome/Edge": _HARDWARE, "Firefox": "rarely: " + _HARDWARE},
+    "Main": {"Safari": "yes", "Chrome/Edge": _HARDWARE, "Firefox": _FIREFOX},
+    "Main 10": {"Safari": "yes", "Chrome/Edge": _HARDWARE, "Firefox": _FIREFOX},
 }
 
 
@@ -389,8 +392,9 @@ def _warnings(r: ProbeReport) -> list[str]:
         out.append(f"{r.profile} profile: browsers may not decode it; use Baseline, Main "
                    "or High")
     if _format_name(r) == "H.265":
-        out.append("H.265: Safari plays it, but Chrome, Edge and Firefox only with a hardware "
-                   "H.265 decoder; for viewers without one, use the camera's H.264 sub-stream")
+        out.append("H.265: Safari and Firefox on Linux play it, but Chrome, Edge and Firefox "
+                   "elsewhere only with a hardware H.265 decoder; for viewers without one, give "
+                   "the camera an H.264 sub-stream")
     if r.fps and r.sps_fps and abs(r.fps - r.sps_fps) > 0.2 * r.sps_fps:
         out.append(f"the camera sends {r.fps:.1f} fps but declares {r.sps_fps:g} fps")
     return out
