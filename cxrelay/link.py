@@ -18,7 +18,8 @@ From that, frame by frame:
   when the link has delivered everything before it (or is fast enough to deliver it within
   the bound), each flagged as a discontinuity. The viewer is told (``link: slow``). It goes
   back to full when a keyframe is seen crossing faster than the stream needs (with
-  headroom), or by probing, with exponential backoff.
+  headroom), or by probing, with exponential backoff. A cut after a moment's stall (a
+  retransmission, a busy machine) thus costs a keyframe interval or two, not a backoff.
 
 The drain rate is measured only over intervals during which a frame sat undelivered the
 whole time, so the link was busy (or TCP was the limit) throughout: a stream is mostly
@@ -86,7 +87,7 @@ class LinkLedger:
         self._probe_at_us = 0
         self._probe_backoff_us = PROBE_FIRST_US
         self._full_since_us = 0
-        self._probing = False
+        self._probing = False  # back to full on a timer, not on a measurement
         self._window_us: int | None = None
         self._window_bytes = 0
         self.stream_rate: float | None = None  # bytes/s offered, over the last window
@@ -181,12 +182,12 @@ class LinkLedger:
                               and now_us - ledger[0][1] < self._sample_after_us):
                 return Admit.WRITE  # the common case: keeping up
             # A rate measured while TCP ramps up can be far below what the link carries: a
-            # cut needs a frame that has really waited, as well as a late prediction. A
-            # probe that fails is cut at half that: it costs little to find out.
-            probing = self._probing and now_us - self._full_since_us < PROBE_HOLD_US
-            shift = 1 if probing else 0
-            if (now_us - ledger[0][1] < self._wait_us >> shift
-                    or self.delay_us(now_us) <= self._cut_us >> shift):
+            # cut needs a frame that has really waited, as well as a late prediction. In a
+            # probe the link was just seen slower than the stream: half the wait will do.
+            wait = self._wait_us
+            if self._probing and now_us - self._full_since_us < PROBE_HOLD_US:
+                wait //= 2
+            if now_us - ledger[0][1] < wait or self.delay_us(now_us) <= self._cut_us:
                 return Admit.WRITE
             self._cut(now_us)
         if not keyframe or (self._ledger and (
@@ -198,10 +199,10 @@ class LinkLedger:
             return Admit.SKIP
         self._need_key = False
         if self.slow:
-            probe = self._probe_due(now_us)
-            if probe or self._fast_enough(now_us):
+            fast = self._fast_enough(now_us)
+            if fast or now_us >= self._probe_at_us:
                 self.slow = False
-                self._probing = probe
+                self._probing = not fast
                 self._full_since_us = now_us
             elif self._key is None:  # time its delivery: a lower bound of the link's rate
                 self._key = (self._written + size, size, now_us)
@@ -227,8 +228,6 @@ class LinkLedger:
         return bool(stream and now_us - self._key_rate_us <= KEY_RATE_FRESH_US
                     and self._key_rate >= HEADROOM * stream)
 
-    def _probe_due(self, now_us: int) -> bool:
-        return now_us >= self._probe_at_us and not self._fast_enough(now_us)
 
     def _offer(self, size: int, now_us: int) -> None:
         """A frame offered (written or not) outside the hot path: the stream's rate, over

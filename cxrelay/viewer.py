@@ -331,6 +331,9 @@ class Viewer:
         """Tell the viewer its link carries only keyframes now, or the whole stream again
         (ahead of the frame that made the change: the status goes out first)."""
         link = self.link
+        if link.slow and link.stream_rate is None and self.hub is not None:
+            bitrate = self.hub.info().get("bitrate")  # until the ledger has measured it
+            link.stream_rate = bitrate / 8 if bitrate else None
         rate = None if link.rate is None else round(link.rate * 8 / 1000)
         stream = None if link.stream_rate is None else round(link.stream_rate * 8 / 1000)
         self.log.info("link slow: keyframes only" if link.slow

@@ -161,3 +161,14 @@ def test_a_keyframe_waits_for_a_clear_link_when_the_rate_is_unknown() -> None:
     assert ledger.admit(8000, True, 640_000) is Admit.SKIP  # not behind a stuck link
     ledger.sample(0, 680_000)
     assert ledger.admit(8000, True, 680_000) is Admit.WRITE_DISCONTINUITY
+
+
+def test_a_moments_stall_costs_a_keyframe_interval_or_two() -> None:
+    """A lost retransmission or a busy machine: nothing moves for 400 ms on a link twice
+    the stream. The viewer is cut (the bound holds), then takes every frame again as soon
+    as a keyframe crosses fast, not after a probe's backoff."""
+    sim = Sim(STREAM * 2, down=(10_000_000, 10_400_000)).run(20)
+    assert sim.ledger.cuts == 1
+    back = next(at for at, slow in sim.changes if not slow)
+    assert back - 10_400_000 < 2_100_000
+    assert len(sim.out) >= 20 * 25 - 2.5 * 25
