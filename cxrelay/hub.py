@@ -274,9 +274,10 @@ class CameraHub:
         self._last_keyframe_us = None
 
     def size(self) -> dict[str, Any]:
-        """The stream's name and picture size (None until it has been pulled once)."""
-        _, width, height = self._stream_key or (None, None, None)
-        return {"name": self.stream, "width": width, "height": height}
+        """The stream's name, picture size and codec (None until it has been
+        pulled once): a player picks a stream it can decode, of the size it needs."""
+        codec, width, height = self._stream_key or (None, None, None)
+        return {"name": self.stream, "width": width, "height": height, "codec": codec}
 
     def newest_gop(self) -> tuple[str, list[bytes]] | None:
         """The live stream's codec and its frames since the last keyframe (protocol

@@ -87,7 +87,8 @@ async def test_a_viewer_picks_the_substream_and_switches_on_the_same_socket(two_
             seen = await v.until(is_init)
             assert all(isinstance(m, Frame) for m in seen[:-1])  # the sub-stream's, until then
             assert sizes(seen[-1]) == ("main", 640, 360)
-            assert seen[-1]["streams"][1] == {"name": "sub", "width": 320, "height": 180}
+            assert seen[-1]["streams"][1] == {"name": "sub", "width": 320, "height": 180,
+                                              "codec": "avc1.42c01e"}
             assert await v.recv_json() == {"type": "status", "state": "live"}
             frames = await next_frames(v, 30)
             # The main stream's GOP cache first, a keyframe leading, then live frames.
@@ -130,7 +131,8 @@ async def test_a_camera_without_a_substream_works_as_before(rtsp_camera) -> None
         async with viewer(port, "cam") as old, viewer(port, "cam?stream=sub") as new:
             init = (await old.until(is_init))[-1]
             assert (init["codec"], init["width"], init["height"]) == ("avc1.42c01e", 640, 360)
-            assert init["streams"] == [{"name": "main", "width": 640, "height": 360}]
+            assert init["streams"] == [{"name": "main", "width": 640, "height": 360,
+                                        "codec": "avc1.42c01e"}]
             assert sizes((await new.until(is_init))[-1]) == ("main", 640, 360)
             await old.until(is_frame)
             await new.until(is_frame)

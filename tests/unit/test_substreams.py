@@ -94,8 +94,8 @@ async def test_api_lists_each_stream_and_keeps_the_old_top_level(camera: Camera,
     assert (main["name"], main["state"], main["viewers"]) == ("main", "connecting", 0)
     assert [sub[k] for k in ("name", "state", "width", "height", "viewers", "on_demand")] \
         == ["sub", "live", 640, 360, 1, True]
-    assert camera.sizes() == [{"name": "main", "width": None, "height": None},
-                              {"name": "sub", "width": 640, "height": 360}]
+    assert camera.sizes() == [{"name": "main", "width": None, "height": None, "codec": None},
+                              {"name": "sub", "width": 640, "height": 360, "codec": "avc1.42c01e"}]
 
 
 async def test_select_switches_stream_on_the_same_socket(camera: Camera,
@@ -105,8 +105,9 @@ async def test_select_switches_stream_on_the_same_socket(camera: Camera,
     viewer = viewer_of(camera, "main")
     sent = await pumped(viewer)
     assert sent[0]["type"] == "init" and sent[0]["stream"] == "main"
-    assert sent[0]["streams"] == [{"name": "main", "width": 640, "height": 360},
-                                  {"name": "sub", "width": None, "height": None}]
+    assert sent[0]["streams"] == [
+        {"name": "main", "width": 640, "height": 360, "codec": "avc1.42c01e"},
+        {"name": "sub", "width": None, "height": None, "codec": None}]
     assert isinstance(sent[0]["time"], int)
     assert len([m for m in sent if isinstance(m, Frame)]) == 5
 
