@@ -6,12 +6,17 @@
  *   <script type="module" src="https://edge-box:8443/cxrelay.js"></script>
  *   <cxrelay-player camera="lobby"></cxrelay-player>
  *
- * Attributes (changing any of them reconnects):
+ * Attributes (changing camera, server, src or token reconnects):
  *   camera   camera name as configured in the relay
  *   server   relay base URL, e.g. "wss://edge-box:8443" (http/https are turned into ws/wss).
  *            Default: the place this script was loaded from, so a page on another site works.
  *   src      full WebSocket URL, e.g. "wss://edge-box:8443/ws/lobby"; wins over camera/server
  *   token    viewer token, sent as ?token=…
+ *   stream   'auto' (default): the smallest of the camera's streams whose height covers the
+ *            element's (× devicePixelRatio), picked again on resize and fullscreen; 'main';
+ *            'sub' (the camera's sub-stream; its main stream if it has none). Switches on the
+ *            same socket, the last picture staying up until the new stream's first one.
+ *   frames   'all' (default) or 'keyframes': stills, only the camera's keyframes
  *
  * Methods:
  *   snapshot(type?, quality?)  a Promise of a Blob holding the picture on screen, at the stream's
@@ -23,8 +28,9 @@
  *            'offline' | 'error'
  *   reason   human-readable reason for the state, or ''
  *   stats    {mode: 'webcodecs'|'mse'|null, codec, width, height, fps, bitrate (bit/s),
- *            decoded, dropped (skipped to keep latency down), painted,
- *            latency (ms, Date.now() − relay ingest time)}
+ *            decoded, dropped (skipped to keep latency down), painted, stream, frames,
+ *            latency (ms from the relay's receipt of the frame shown to its paint, corrected
+ *            for the clock offset), clockOffset (ms, relay − browser; null: unknown)}
  *
  * Events:
  *   statechange  detail {state, reason}
@@ -39,7 +45,10 @@
  * with the same interface, WebCodecsOutput (secure contexts: VideoDecoder painting the newest
  * frame on a canvas) and MseOutput (elsewhere: a tiny fragmented-MP4 muxer feeding Media Source
  * Extensions). Catch-up frames (flag 0x02) are decoded but never painted; when decoding falls
- * behind, delta frames are dropped up to the next keyframe so latency never drifts.
+ * behind, delta frames are dropped up to the next keyframe so latency never drifts. A player
+ * hidden or off screen for HIDDEN_RELEASE_MS closes its socket and releases its decoder. Every
+ * few seconds it tells the relay what it sees (`stats`: latencies and drops), the clock offset
+ * taken from `ping`/`pong` exchanges.
  */
 
 const HEADER_BYTES = 17; // binary header: flags u8, pts i64 µs, ingest u64 µs
@@ -49,6 +58,15 @@ const DECODE_QUEUE_MAX = 6; // frames waiting in the VideoDecoder before we skip
 const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 10000;
 const VERDICT_TIMEOUT_MS = 5000; // for the plain GET that asks the relay why it refused
+const REPICK_DELAY_MS = 250; // a resize settles before another stream is picked
+const SELECT_GAP_MS = 1000; // at most one select a second (the relay allows 8 at once, 1/s)
+const HIDDEN_RELEASE_MS = 2000; // hidden this long: close the socket, release the decoder
+const SUB_GUESS_HEIGHT = 360; // a sub-stream the relay has not pulled yet: assumed this tall
+const STATS_EVERY_MS = 5000; // a stats message to the relay
+const STATS_SAMPLES = 64; // latencies per stats message, at most (the relay takes no more)
+const PING_EVERY_MS = 15000; // clock offset: one ping, after a first burst of PING_BURST
+const PING_BURST = 3;
+const PING_KEEP = 8; // the offset comes from the shortest round trip of the last few pings
 const MediaSourceClass = self.ManagedMediaSource || self.MediaSource;
 const mp4Type = (codec) => `video/mp4; codecs="${codec}"`;
 
@@ -78,8 +96,16 @@ white-space:nowrap;overflow:hidden;text-overflow:ellipsis;pointer-events:none}
 padding:1em;color:#fff;background:#000c;font:14px/1.4 system-ui,sans-serif;text-align:center}`;
 
 /**
- * The relay's `init` message (docs/protocol.md).
- * @typedef {{codec: string, width: number, height: number, camera?: string}} Init
+ * One of a camera's streams, as `init` lists them (sizes and codec null until the relay has
+ * pulled it once).
+ * @typedef {{name: string, width: ?number, height: ?number, codec: ?string}} StreamInfo
+ */
+
+/**
+ * The relay's `init` message (docs/protocol.md); `stream`, `frames`, `streams` and `time` come
+ * from relays that have sub-streams.
+ * @typedef {{codec: string, width: number, height: number, camera?: string, stream?: string,
+ *     frames?: string, streams?: StreamInfo[], time?: number}} Init
  */
 
 /**
@@ -102,13 +128,15 @@ padding:1em;color:#fff;background:#000c;font:14px/1.4 system-ui,sans-serif;text-
  *   suspend()             streaming stopped for now (off screen, hidden tab): let go of what
  *                         costs while nothing plays; the last picture stays
  *   stats                 {decoded, dropped, painted, latency (ms)}
+ *   takeLatencies()       ms from ingest to paint (our clock) of frames shown since the last
+ *                         call, at most a few hundred
  *   close()               release everything; nothing stays behind
  * @typedef {{decoded: number, dropped: number, painted: number, latency: number}} OutputStats
  */
 
 export class CxrelayPlayer extends HTMLElement {
   static get observedAttributes() {
-    return ['camera', 'server', 'src', 'token'];
+    return ['camera', 'server', 'src', 'token', 'stream', 'frames'];
   }
 
   constructor() {
@@ -159,6 +187,44 @@ export class CxrelayPlayer extends HTMLElement {
     /** @type {{decoded: number, dropped: number, painted: number}} counts of closed outputs */
     this._retired = { decoded: 0, dropped: 0, painted: 0 };
 
+    // --- which stream, and which of its frames (the relay's `select`)
+    /** @type {string} the stream the relay sends now ('main' or 'sub'), from the last init */
+    this._stream = '';
+    /** @type {string} the stream last asked for, in the URL or a select */
+    this._askedStream = '';
+    /** @type {string} the frames last asked for: 'all' or 'keyframes' */
+    this._askedFrames = 'all';
+    /** @type {StreamInfo[]} the camera's streams, from the last init that listed them */
+    this._streams = [];
+    /** @type {Map<string, boolean>} codec -> whether this browser plays it, once known */
+    this._playable = new Map();
+    /** @type {ResizeObserver|null} picks the stream again when our size changes */
+    this._resizeObserver = null;
+    /** @type {number} setTimeout id of the next pick, or 0 */
+    this._repickTimer = 0;
+    /** @type {number} performance.now() of the last select sent, ms */
+    this._selectedAt = -Infinity;
+    /** @type {number} setTimeout id of a hidden player's release, or 0 */
+    this._releaseTimer = 0;
+
+    // --- what the viewer sees: latency on our screen, reported to the relay
+    /** @type {number|null} the relay's clock minus ours, ms; null until the relay tells it */
+    this._clockOffset = null;
+    /** @type {Array<[rtt: number, offset: number]>} the last pings' round trips and offsets */
+    this._clockSamples = [];
+    /** @type {Map<number, number>} ping id -> Date.now() when it was sent */
+    this._pings = new Map();
+    /** @type {number} the last ping id */
+    this._pingId = 0;
+    /** @type {number} setTimeout id of the next ping, or 0 */
+    this._pingTimer = 0;
+    /** @type {number} pings sent on this connection */
+    this._pingsSent = 0;
+    /** @type {number} setInterval id of the stats messages, or 0 */
+    this._statsTimer = 0;
+    /** @type {number} stats.dropped when the last stats message went */
+    this._droppedReported = 0;
+
     // --- live frames received (catch-up excluded), for fps and bitrate
     /** @type {number} performance.now() when the current window (about 1 s) began, ms; 0: none */
     this._windowStart = 0;
@@ -186,6 +252,7 @@ export class CxrelayPlayer extends HTMLElement {
     this._aspect = null;
 
     this._check = this._check.bind(this);
+    this._onResize = this._onResize.bind(this);
   }
 
   // --- public API ---------------------------------------------------------------------------
@@ -214,7 +281,10 @@ export class CxrelayPlayer extends HTMLElement {
       decoded: retired.decoded + played.decoded,
       dropped: retired.dropped + played.dropped,
       painted: retired.painted + played.painted,
-      latency: Math.round(played.latency),
+      latency: Math.round(played.latency + (this._clockOffset || 0)),
+      stream: this._stream || null,
+      frames: this._init ? this._init.frames || 'all' : null,
+      clockOffset: this._clockOffset === null ? null : Math.round(this._clockOffset),
     };
   }
 
@@ -254,20 +324,31 @@ export class CxrelayPlayer extends HTMLElement {
       this._check();
     });
     this._observer.observe(this);
+    this._resizeObserver = new ResizeObserver(this._onResize);
+    this._resizeObserver.observe(this);
     document.addEventListener('visibilitychange', this._check);
+    document.addEventListener('fullscreenchange', this._onResize);
   }
 
   disconnectedCallback() {
     this._observer?.disconnect();
     this._observer = null;
+    this._resizeObserver?.disconnect();
+    this._resizeObserver = null;
     this._inView = false;
     document.removeEventListener('visibilitychange', this._check);
+    document.removeEventListener('fullscreenchange', this._onResize);
     this._check();
     this._closeOutput();
   }
 
-  attributeChangedCallback(_name, old, value) {
+  attributeChangedCallback(name, old, value) {
     if (old === value || !this._streaming) return;
+    if (name === 'stream' || name === 'frames') return this._repick();
+    this._restart();
+  }
+
+  _restart() {
     this._stop();
     this._start();
   }
@@ -287,8 +368,21 @@ export class CxrelayPlayer extends HTMLElement {
 
   _check() {
     const on = this.isConnected && this._inView && document.visibilityState !== 'hidden';
-    if (on && !this._streaming) this._start();
-    else if (!on && this._streaming) this._stop();
+    if (on) {
+      clearTimeout(this._releaseTimer);
+      this._releaseTimer = 0;
+      if (!this._streaming) this._start();
+    } else if (this._streaming && !this.isConnected) this._stop();
+    else if (this._streaming && !this._releaseTimer) {
+      // Shown again soon (a wall's tile after a look at another camera), it has lost nothing;
+      // hidden for longer, it lets go of its socket and its decoder.
+      this._releaseTimer = setTimeout(() => {
+        this._releaseTimer = 0;
+        if (!(this.isConnected && this._inView && document.visibilityState !== 'hidden')) {
+          this._stop();
+        }
+      }, HIDDEN_RELEASE_MS);
+    }
   }
 
   // --- connection ---------------------------------------------------------------------------
@@ -303,9 +397,126 @@ export class CxrelayPlayer extends HTMLElement {
       url = server ? server.replace(/\/*$/, '/') + path : new URL(path, import.meta.url).href;
     }
     url = url.replace(/^http/, 'ws');
+    const add = (key, value) => (url += (url.includes('?') ? '&' : '?') + key + '=' + value);
     const token = this.getAttribute('token');
-    if (token) url += (url.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(token);
+    if (token) add('token', encodeURIComponent(token));
+    // What a relay without sub-streams ignores; a camera without one serves its main stream.
+    this._askedStream = this._pick();
+    this._askedFrames = this._framesWanted();
+    if (this._askedStream !== 'main' && !/[?&]stream=/.test(url)) add('stream', this._askedStream);
+    if (this._askedFrames !== 'all' && !/[?&]frames=/.test(url)) add('frames', this._askedFrames);
     return url;
+  }
+
+  // --- which stream ---------------------------------------------------------------------------
+
+  _framesWanted() {
+    return this.getAttribute('frames') === 'keyframes' ? 'keyframes' : 'all';
+  }
+
+  // The stream to watch: the attribute's, or for 'auto' the smallest playable one whose height
+  // covers ours in device pixels (else the largest). A stream the relay has not pulled yet has
+  // no size: a main stream is taken as the largest, a sub-stream as SUB_GUESS_HEIGHT.
+  _pick() {
+    const wanted = this.getAttribute('stream');
+    if (wanted === 'main' || wanted === 'sub') return wanted;
+    const need = this.getBoundingClientRect().height * (self.devicePixelRatio || 1);
+    const height = (s) => s.height || (s.name === 'main' ? Infinity : SUB_GUESS_HEIGHT);
+    const streams = this._streams
+      .filter((s) => !s.codec || this._playable.get(s.codec) !== false)
+      .sort((a, b) => height(a) - height(b));
+    if (!streams.length) return need > SUB_GUESS_HEIGHT ? 'main' : 'sub';
+    return (streams.find((s) => height(s) >= need) || streams[streams.length - 1]).name;
+  }
+
+  _onResize() {
+    clearTimeout(this._repickTimer);
+    this._repickTimer = setTimeout(() => this._repick(), REPICK_DELAY_MS);
+  }
+
+  // Ask for another stream (or frames) on the same socket if what we want changed. Only relays
+  // that list the camera's streams in init know `select`; before an init (a stream that never
+  // came up), the next connection asks for it instead.
+  _repick() {
+    clearTimeout(this._repickTimer);
+    this._repickTimer = 0;
+    const socket = this._socket;
+    if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    const stream = this._pick();
+    const frames = this._framesWanted();
+    if (stream === this._askedStream && frames === this._askedFrames) return;
+    if (!this._init?.streams) {
+      if (!this._init) this._restart();
+      return;
+    }
+    const wait = this._selectedAt + SELECT_GAP_MS - performance.now();
+    if (wait > 0) {
+      this._repickTimer = setTimeout(() => this._repick(), wait);
+      return;
+    }
+    this._selectedAt = performance.now();
+    this._askedStream = stream;
+    this._askedFrames = frames;
+    socket.send(JSON.stringify({ type: 'select', stream, frames }));
+  }
+
+  // Which of the camera's codecs this browser plays, found out once each; a stream it can't
+  // play is never picked (an H.265 main stream's H.264 sub-stream is).
+  _learnCodecs(streams) {
+    for (const { codec, width, height } of streams) {
+      if (!codec || this._playable.has(codec)) continue;
+      this._playable.set(codec, true); // until found out: not asked twice meanwhile
+      const init = { codec, width, height };
+      WebCodecsOutput.supports(init).then((ok) => {
+        const playable = ok || MseOutput.supports(init);
+        this._playable.set(codec, playable);
+        if (!playable) this._repick();
+      });
+    }
+  }
+
+  // --- what the viewer sees, told to the relay -------------------------------------------------
+
+  _ping() {
+    const socket = this._socket;
+    if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    const id = ++this._pingId;
+    this._pings.set(id, Date.now());
+    if (this._pings.size > PING_KEEP) this._pings.delete(this._pings.keys().next().value);
+    socket.send(JSON.stringify({ type: 'ping', id }));
+    this._pingsSent++;
+    this._pingTimer = setTimeout(() => this._ping(),
+      this._pingsSent < PING_BURST ? 300 : PING_EVERY_MS);
+  }
+
+  // The offset from the exchange with the shortest round trip: the one least skewed by a
+  // queue on either way (a pong waits behind the video sent before it).
+  _onPong(pong) {
+    const sent = this._pings.get(pong.id);
+    if (sent === undefined || typeof pong.time !== 'number') return;
+    this._pings.delete(pong.id);
+    const now = Date.now();
+    const samples = this._clockSamples;
+    samples.push([now - sent, pong.time / 1000 - (sent + now) / 2]);
+    if (samples.length > PING_KEEP) samples.shift();
+    this._clockOffset = samples.reduce((a, b) => (b[0] < a[0] ? b : a))[1];
+  }
+
+  _report() {
+    const socket = this._socket;
+    const output = this._output;
+    if (!socket || socket.readyState !== WebSocket.OPEN || !output) return;
+    const raw = output.takeLatencies();
+    if (this._clockOffset === null) return; // a relay that doesn't tell its clock takes no stats
+    const dropped = this.stats.dropped;
+    const report = {
+      type: 'stats',
+      latency: evenly(raw, STATS_SAMPLES)
+        .map((ms) => Math.round(Math.max(0, ms + this._clockOffset) * 10) / 10),
+      dropped: Math.max(0, dropped - this._droppedReported),
+    };
+    this._droppedReported = dropped;
+    if (report.latency.length || report.dropped) socket.send(JSON.stringify(report));
   }
 
   _start() {
@@ -322,6 +533,8 @@ export class CxrelayPlayer extends HTMLElement {
     this._run++;
     clearTimeout(this._retryTimer);
     this._retryTimer = 0;
+    clearTimeout(this._releaseTimer);
+    this._releaseTimer = 0;
     this._verdictRequest?.abort();
     this._verdictRequest = null;
     const socket = this._socket;
@@ -348,7 +561,10 @@ export class CxrelayPlayer extends HTMLElement {
     let opened = false;
     socket.binaryType = 'arraybuffer';
     this._socket = socket;
-    socket.onopen = () => (opened = true);
+    socket.onopen = () => {
+      opened = true;
+      this._statsTimer = setInterval(() => this._report(), STATS_EVERY_MS);
+    };
     socket.onmessage = (e) => this._onMessage(e.data);
     socket.onclose = (e) => {
       if (socket !== this._socket) return;
@@ -407,6 +623,14 @@ export class CxrelayPlayer extends HTMLElement {
     this._relayStatus = null;
     this._unplayable = false;
     this._failures = 0;
+    clearTimeout(this._repickTimer);
+    this._repickTimer = 0;
+    clearTimeout(this._pingTimer);
+    this._pingTimer = 0;
+    this._pingsSent = 0;
+    this._pings.clear();
+    clearInterval(this._statsTimer);
+    this._statsTimer = 0;
   }
 
   _setState(state, reason = '') {
@@ -444,6 +668,7 @@ export class CxrelayPlayer extends HTMLElement {
       return;
     }
     if (message.type === 'init') this._onInit(message);
+    else if (message.type === 'pong') this._onPong(message);
     else if (message.type === 'status') {
       this._relayStatus = message;
       if (!this._unplayable) this._setState(message.state, message.reason || '');
@@ -455,6 +680,18 @@ export class CxrelayPlayer extends HTMLElement {
   async _onInit(init) {
     const run = this._run;
     this._configuring = true;
+    this._stream = init.stream || 'main';
+    if (init.stream) {
+      // The relay's answer to what we asked (a camera without a sub-stream answers 'main').
+      this._askedStream = init.stream;
+      this._askedFrames = init.frames || 'all';
+    }
+    this._streams = Array.isArray(init.streams) ? init.streams : [];
+    this._learnCodecs(this._streams);
+    if (this._clockOffset === null && typeof init.time === 'number') {
+      this._clockOffset = init.time / 1000 - Date.now(); // until a pong tells better
+    }
+    if (typeof init.time === 'number' && !this._pingsSent) this._ping();
     const codec = String(init.codec || '');
     const Output = (await WebCodecsOutput.supports(init))
       ? WebCodecsOutput
@@ -469,12 +706,14 @@ export class CxrelayPlayer extends HTMLElement {
     if (this._output && this._output.constructor !== Output) this._closeOutput();
     this._unplayable = false;
     this._message.hidden = true;
+    if (codec) this._playable.set(codec, !!Output);
     if (!Output) {
       const syntax = syntaxOf(codec);
       const name = syntax ? `${syntax.name} (${codec})` : codec || 'an unknown codec';
       const message = `This browser can't play this camera's video: it can't decode ${name}.`;
       this._showUnplayable("can't decode " + name, message);
       this._error(message);
+      this._repick(); // another of the camera's streams may play
     } else {
       const status = this._relayStatus;
       if (this._state === 'error') this._setState(status?.state || 'connecting', status?.reason);
@@ -494,6 +733,7 @@ export class CxrelayPlayer extends HTMLElement {
     }
     this._configuring = false;
     while (!this._configuring && this._held.length) this._handle(this._held.shift());
+    this._repick(); // sizes known now: maybe another stream fits better
   }
 
   // Says so over the picture (instead of a black box) until an init brings a playable stream.
@@ -664,7 +904,15 @@ class WebCodecsOutput {
     this._painted = 0;
     /** @type {number} ms from the relay's ingest to the last paint */
     this._latency = 0;
+    /** @type {number[]} the same for each frame painted since takeLatencies() */
+    this._latencies = [];
     this._paint = this._paint.bind(this);
+  }
+
+  takeLatencies() {
+    const latencies = this._latencies;
+    this._latencies = [];
+    return latencies;
   }
 
   /** @returns {OutputStats} */
@@ -814,7 +1062,10 @@ class WebCodecsOutput {
     this._context.drawImage(picture, 0, 0, width, height);
     picture.close();
     this._painted++;
-    if (this._pendingIngest) this._latency = Date.now() - this._pendingIngest;
+    if (this._pendingIngest) {
+      this._latency = Date.now() - this._pendingIngest;
+      if (this._latencies.length < 500) this._latencies.push(this._latency);
+    }
   }
 }
 
@@ -924,6 +1175,10 @@ class MseOutput {
       painted: quality ? Math.max(0, decoded - quality.droppedVideoFrames) : 0, // WebKitGTK: dropped > total
       latency: this._ingest ? Date.now() - this._ingest + this._bufferedAhead() * 1000 : 0,
     };
+  }
+
+  takeLatencies() {
+    return this._ingest ? [this.stats.latency] : []; // the video element paints on its own
   }
 
   /** @param {Init} init */
@@ -1206,6 +1461,12 @@ function trimEnd(bytes, start, end) {
 
 /** NAL units -> one sample: each unit behind its 4-byte length */
 const lengthPrefixed = (units) => concat(units.flatMap((unit) => [u32(unit.length), unit]));
+
+// At most `count` of `items`, spread evenly over them.
+function evenly(items, count) {
+  if (items.length <= count) return items;
+  return Array.from({ length: count }, (_, i) => items[Math.floor((i * items.length) / count)]);
+}
 
 function concat(parts) {
   const out = new Uint8Array(parts.reduce((n, part) => n + part.length, 0));

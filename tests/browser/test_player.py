@@ -244,7 +244,7 @@ def test_unsupported_codec_shows_a_message(page: Any, demo: Daemon) -> None:
         ws.send(json.dumps({"type": "status", "state": "live"}))
         ws.send(b"\x01" + bytes(16) + b"\x00\x00\x00\x01\x40\x01\x0c")  # must be ignored
 
-    page.route_web_socket(re.compile(r".*/ws/demo$"), fake_server)
+    page.route_web_socket(re.compile(r".*/ws/demo(\?.*)?$"), fake_server)
     open_page(page, demo, '<cxrelay-player camera="demo"></cxrelay-player>')
     wait_state(page, "error")
     message = page.eval_on_selector("cxrelay-player", """el => {
@@ -279,7 +279,7 @@ def test_garbage_video_is_reported_not_thrown(page: Any, demo: Daemon, mode: str
     page.on("pageerror", lambda e: uncaught.append(str(e)))
     if mode == "mse":
         page.add_init_script("delete window.VideoDecoder;")
-    page.route_web_socket(re.compile(r".*/ws/demo$"), fake_server)
+    page.route_web_socket(re.compile(r".*/ws/demo(\?.*)?$"), fake_server)
     open_page(page, demo, '<cxrelay-player camera="demo"></cxrelay-player>')
     wait_until(lambda: sockets, 5, "the player's socket", page=page)
     for i in range(8):  # a keyframe every 200 ms: each gives a fresh decoder something to fail
@@ -364,7 +364,8 @@ def test_attributes_build_the_socket_url(page: Any, demo: Daemon) -> None:
     urls: list[str] = []
     page.on("websocket", lambda ws: urls.append(ws.url))
     open_page(page, demo,
-              f'<cxrelay-player id="a" camera="demo" server="{demo.url}/"></cxrelay-player>')
+              f'<cxrelay-player id="a" camera="demo" server="{demo.url}/" stream="main">'
+              '</cxrelay-player>')
     wait_state(page, "live", "#a")
     assert urls == [f"ws://127.0.0.1:{demo.port}/ws/demo"]
     page.eval_on_selector("#a", "el => el.setAttribute('token', 'a b&c')")
@@ -438,7 +439,7 @@ def test_server_defaults_to_the_script_origin(page: Any, other_site: OtherSite) 
     page.goto(f"{other_site.base}/p.html")
     wait_state(page, "live", mode="webcodecs")
     wait_painted(page)
-    assert urls == [f"ws://127.0.0.1:{relay.port}/ws/demo"]
+    assert [url.split("?")[0] for url in urls] == [f"ws://127.0.0.1:{relay.port}/ws/demo"]
     assert_moving_picture(page)
 
 

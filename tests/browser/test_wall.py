@@ -1,0 +1,228 @@
+"""The store wall in a real browser (Debian's headless chromium) against the real daemon and
+real RTSP cameras (issue 10): sub-streams picked by tile size, switches without a black or
+broken picture, stills, focus and return, and what players report back.
+
+Each RTSP camera draws its picture number into every picture (blocks at the top left), so the
+pictures the player paints are read back and checked, not only the absence of errors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.browser.conftest import Daemon, running, wait_until
+from tests.browser.test_player import open_page, wait_state
+
+pytestmark = pytest.mark.rtsp
+
+# Every animation frame, reads the picture number drawn into the player's canvas (the blocks of
+# tests/camera/stamp.py: a 1010 marker, then 24 bits, each block 1/40 of the width) and what
+# stream it belongs to. A black or broken picture reads as null.
+SAMPLER = """(el) => {
+  window.samples = [];
+  const probe = document.createElement('canvas');
+  const x = probe.getContext('2d', {willReadFrequently: true});
+  const read = () => {
+    const c = el.shadowRoot.querySelector('canvas');
+    if (c.width > 16) {
+      probe.width = c.width; probe.height = c.height;
+      x.drawImage(c, 0, 0);
+      const block = c.width / 40;
+      const row = x.getImageData(0, Math.floor(block / 2), c.width, 1).data;
+      const bits = [];
+      for (let i = 0; i < 28; i++) {
+        const p = Math.floor((i + 0.5) * block) * 4;
+        bits.push((row[p] + row[p + 1] + row[p + 2]) / 3 > 128 ? 1 : 0);
+      }
+      const ok = bits.slice(0, 4).join('') === '1010';
+      const n = ok ? parseInt(bits.slice(4).join(''), 2) : null;
+      samples.push([c.width, n, el.stats.stream]);
+    }
+    if (!window.stopSampling) requestAnimationFrame(read);
+  };
+  requestAnimationFrame(read);
+}"""
+
+
+@pytest.fixture(scope="module")
+def cameras() -> Iterator[tuple[Any, Any]]:
+    """A main stream (640x360) and a sub-stream (320x180), keyframes every second, each
+    picture numbered."""
+    from tests.camera.harness import RtspCamera
+
+    main = RtspCamera(width=640, height=360, gop=25, draw_counter=True)
+    sub = RtspCamera(width=320, height=180, gop=25, bitrate=300, draw_counter=True)
+    try:
+        yield main.start(), sub.start()
+    finally:
+        main.stop()
+        sub.stop()
+
+
+@pytest.fixture(scope="module")
+def relay(cameras: tuple[Any, Any]) -> Iterator[Daemon]:
+    """Cameras a and b (main and sub-stream), plain (no sub-stream), broken (a sub-stream
+    nobody answers)."""
+    main, sub = cameras
+    args = ["--camera", f"a={main.url}", "--substream", f"a={sub.url}",
+            "--camera", f"b={main.url}", "--substream", f"b={sub.url}",
+            "--camera", f"plain={main.url}",
+            "--camera", f"broken={main.url}", "--substream", "broken=rtsp://127.0.0.1:9/none"]
+    with running(*args, live="a") as daemon:
+        yield daemon
+
+
+def stats(page: Any, selector: str = "cxrelay-player") -> dict[str, Any]:
+    return page.eval_on_selector(selector, "el => el.stats")
+
+
+def wait_stream(page: Any, stream: str, selector: str = "cxrelay-player",
+                painted: int = 3) -> None:
+    page.eval_on_selector(selector, "el => { el.paintedBefore = el.stats.painted; }")
+    page.wait_for_function(
+        "([s, st, n]) => { const el = document.querySelector(s); return el.state === 'live'"
+        " && el.stats.stream === st && el.stats.painted >= el.paintedBefore + n; }",
+        arg=[selector, stream, painted], timeout=20000)
+
+
+def test_small_tile_plays_the_substream_and_grows_into_main(page: Any, relay: Daemon) -> None:
+    """A small player picks the sub-stream; made big, it switches to the main stream on the same
+    socket, and every picture painted across the switch is a whole camera picture: no black,
+    no broken one, the numbers rising within each stream."""
+    sockets: list[Any] = []
+    page.on("websocket", lambda ws: sockets.append(ws))
+    open_page(page, relay,
+              '<cxrelay-player camera="a" style="width:320px;height:180px"></cxrelay-player>')
+    wait_stream(page, "sub")
+    assert (stats(page)["width"], stats(page)["height"]) == (320, 180)
+    page.eval_on_selector("cxrelay-player", SAMPLER)
+    page.wait_for_timeout(500)
+    page.eval_on_selector("cxrelay-player", "el => { el.style.width = '960px';"
+                          " el.style.height = '540px'; }")
+    wait_stream(page, "main", painted=10)
+    page.evaluate("window.stopSampling = true")
+    samples = page.evaluate("samples")
+    assert len(sockets) == 1, "the switch opened another socket"
+    assert {s[2] for s in samples} == {"sub", "main"}
+    bad = [s for s in samples if s[1] is None]
+    assert not bad, f"{len(bad)} of {len(samples)} painted pictures unreadable: {bad[:5]}"
+    assert {s[0] for s in samples} == {320, 640}
+    for width in (320, 640):  # each camera's own numbers never go back
+        numbers = [s[1] for s in samples if s[0] == width]
+        assert numbers == sorted(numbers), (width, numbers)
+    # The main stream's pictures come after the sub-stream's, never interleaved.
+    widths = [s[0] for s in samples]
+    assert widths == sorted(widths, key=lambda w: w == 640)
+    assert stats(page)["stream"] == "main"
+    # ... and back down when it shrinks.
+    page.eval_on_selector("cxrelay-player", "el => { el.style.width = '200px';"
+                          " el.style.height = '112px'; }")
+    wait_stream(page, "sub")
+    assert len(sockets) == 1
+
+
+def test_attributes_pick_the_stream_and_stills(page: Any, relay: Daemon) -> None:
+    """stream="main" on a small player, and frames="keyframes": only keyframes arrive (their
+    flags say so) and they are painted."""
+    flags: list[int] = []
+
+    def on_socket(ws: Any) -> None:
+        ws.on("framereceived", lambda payload: isinstance(payload, bytes) and
+              flags.append(payload[0]))
+
+    page.on("websocket", on_socket)
+    open_page(page, relay, '<cxrelay-player camera="a" stream="main" frames="keyframes"'
+                           ' style="width:200px;height:112px"></cxrelay-player>')
+    wait_state(page, "live")
+    page.wait_for_function("document.querySelector('cxrelay-player').stats.painted >= 4",
+                           timeout=20000)
+    assert stats(page)["stream"] == "main" and stats(page)["frames"] == "keyframes"
+    assert len(flags) >= 4 and all(f & 0x01 for f in flags), flags
+    assert not any(f & 0x02 for f in flags), "a still is shown, not skipped as catch-up"
+    # Every frame again, on the same socket.
+    page.eval_on_selector("cxrelay-player", "el => el.setAttribute('frames', 'all')")
+    wait_stream(page, "main", painted=20)
+    assert not all(f & 0x01 for f in flags[-20:])
+
+
+def test_wall_focus_and_return(page: Any, relay: Daemon) -> None:
+    page.set_viewport_size({"width": 720, "height": 380})
+    page.goto(relay.url + "/?cameras=b,a,plain,broken&stats=1")
+    tiles = page.locator("#wall figure")
+    wait_until(lambda: tiles.count() == 4, 10, "four tiles", page=page)
+    assert [tiles.nth(i).locator(".name").text_content() for i in range(4)] == \
+        ["b", "a", "plain", "broken"]
+    # 2x2, filling the window
+    boxes = [tiles.nth(i).bounding_box() for i in range(4)]
+    assert len({round(b["x"]) for b in boxes}) == 2 and len({round(b["y"]) for b in boxes}) == 2
+    assert boxes[3]["y"] + boxes[3]["height"] > 380 - 10 and boxes[3]["height"] < 180
+    a = "figure:nth-child(2) cxrelay-player"
+    wait_stream(page, "sub", a)
+    wait_stream(page, "main", "figure:nth-child(3) cxrelay-player")  # plain: no sub-stream
+    # The broken camera's sub-stream is offline on its tile; its neighbours play.
+    page.wait_for_function(
+        "document.querySelector('figure:nth-child(4) .state').dataset.state === 'offline'",
+        timeout=30000)
+    assert page.text_content("figure:nth-child(2) .state").startswith("live")
+    assert "fps" in page.text_content("figure:nth-child(2) .stats")
+
+    # Keyboard: Tab to the first tile, arrow to the second, Enter fills the window with it.
+    page.keyboard.press("Tab")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelector('#wall').classList.contains('focused')")
+    box = tiles.nth(1).bounding_box()
+    assert box["width"] > 700 and box["height"] > 320
+    assert not tiles.nth(0).is_visible() and not tiles.nth(2).is_visible()
+    wait_stream(page, "main", a)
+    assert "main" in page.text_content("figure:nth-child(2) .stats")
+    # Hidden for a while, the other tiles let go of their sockets and decoders.
+    page.wait_for_function(
+        "[...document.querySelectorAll('figure:not(.focus) cxrelay-player')]"
+        ".every((p) => p.state === 'idle')", timeout=15000)
+    # Esc: back to the wall, the keyboard where it was, the small tile on the sub-stream.
+    page.keyboard.press("Escape")
+    page.wait_for_function("!document.querySelector('#wall').classList.contains('focused')")
+    assert page.evaluate("document.activeElement === document.querySelector('figure:nth-child(2)')")
+    wait_stream(page, "sub", a)
+    wait_stream(page, "sub", "figure:nth-child(1) cxrelay-player")
+    # A click does the same; the broken camera's main stream plays when focused.
+    tiles.nth(3).click()
+    wait_stream(page, "main", "figure:nth-child(4) cxrelay-player")
+    tiles.nth(3).click()
+    page.wait_for_function("!document.querySelector('#wall').classList.contains('focused')")
+
+
+def test_stale_badge_and_reported_latency(page: Any, relay: Daemon,
+                                          cameras: tuple[Any, Any]) -> None:
+    page.set_viewport_size({"width": 720, "height": 200})  # two tiles side by side, on sub
+    page.goto(relay.url + "/?cameras=a,b")
+    wait_stream(page, "sub", "figure:nth-child(1) cxrelay-player")
+    page.wait_for_timeout(5500)  # a stats report goes every 5 s
+    metrics = urllib.request.urlopen(relay.url + "/metrics", timeout=5).read().decode()
+    count = re.search(r'cxrelay_glass_latency_seconds_count\{camera="a",stream="sub"\} (\S+)',
+                      metrics)
+    assert count and float(count.group(1)) > 0, "no latency reported"
+    total = re.search(r'cxrelay_glass_latency_seconds_sum\{camera="a",stream="sub"\} (\S+)',
+                      metrics)
+    assert total and 0 < float(total.group(1)) / float(count.group(1)) < 5, "implausible"
+    offset = stats(page, "figure:nth-child(1) cxrelay-player")["clockOffset"]
+    assert offset is not None and abs(offset) < 1000  # one machine: the same clock
+    # The sub-stream camera stops sending: both tiles say so, with the age.
+    sub = cameras[1]
+    os.kill(sub._process.pid, signal.SIGSTOP)
+    try:
+        page.wait_for_function(
+            "[...document.querySelectorAll('.stale')].every((s) => !s.hidden"
+            " && /^stale \\d+(\\.\\d)? s$/.test(s.textContent))", timeout=10000)
+    finally:
+        os.kill(sub._process.pid, signal.SIGCONT)
+    page.wait_for_function("[...document.querySelectorAll('.stale')].every((s) => s.hidden)",
+                           timeout=30000)
