@@ -163,7 +163,7 @@ def frames_without_restriction(name: str, monotonic: bool = False) -> tuple[str,
 def play_fake(page: Any, daemon: Daemon, codec: str, messages: list[bytes]) -> None:
     """Plays `messages` from a fake relay to a player, one every 40 ms."""
     sockets: list[Any] = []
-    page.route_web_socket(re.compile(r".*/ws/fake$"), lambda ws: sockets.append(ws))
+    page.route_web_socket(re.compile(r".*/ws/fake(\?.*)?$"), lambda ws: sockets.append(ws))
     show(page, daemon, camera="fake")
     page.wait_for_function("document.querySelector('cxrelay-player').state !== 'idle'")
     deadline = time.monotonic() + 10

@@ -182,7 +182,8 @@ def test_wall_focus_and_return(page: Any, relay: Daemon) -> None:
     assert box["width"] > 700 and box["height"] > 320
     assert not tiles.nth(0).is_visible() and not tiles.nth(2).is_visible()
     wait_stream(page, "main", a)
-    assert "main" in page.text_content("figure:nth-child(2) .stats")
+    page.wait_for_function(  # the overlay, twice a second
+        "document.querySelector('figure:nth-child(2) .stats').textContent.includes('main')")
     # Hidden for a while, the other tiles let go of their sockets and decoders.
     page.wait_for_function(
         "[...document.querySelectorAll('figure:not(.focus) cxrelay-player')]"
