@@ -1,13 +1,16 @@
-"""Who may watch: origin checks, viewer tokens and per-client connection limits.
+"""Who may watch: host names, origin checks, viewer tokens, the metrics
+token, and the per-client counts of connections and handshakes.
 
 Pure policy (no asyncio, no websockets): the server asks these objects before
-the WebSocket upgrade and turns a refusal into a plain HTTP status (403 for an
-origin, 401 for a token, 503 for a limit). Every refusal reason is one short
-line, safe for a response body and a log line: it never contains a token.
+the WebSocket upgrade and turns a refusal into a plain HTTP status (421 for a
+host name, 403 for an origin, 401 for a token, 503 for a limit). Every refusal
+reason is one short line, safe for a response body and a log line: it never
+contains a token.
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import math
 import re
@@ -29,6 +32,8 @@ ALL_CAMERAS = "*"
 MIN_SECRET_LENGTH = 32  # HS256 wants a key as long as its hash (PyJWT warns below)
 MAX_TOKEN_LENGTH = 4096  # real tokens are a few hundred bytes; don't HMAC megabytes
 NBF_LEEWAY = 30.0  # clock skew between the app that mints tokens and cxrelay
+DEFAULT_MAX_TOKEN_TTL = 7 * 86400.0  # a week: kiosks renew weekly, a leaked token dies in days
+MIN_METRICS_TOKEN_LENGTH = 16
 DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_ORIGIN_LENGTH = 1024
 
@@ -192,6 +197,77 @@ def _scheme(tls: bool, forwarded_proto: str | None) -> str:
     return "https" if tls else "http"
 
 
+# --- host names (DNS rebinding) ---------------------------------------------------------------
+
+
+# Special-use and private-use names, never delegated in public DNS (RFC 6761,
+# RFC 6762, RFC 8375, ICANN's .internal).
+PRIVATE_SUFFIXES = (".localhost", ".local", ".home.arpa", ".internal")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class HostPolicy:
+    """Which names a request may call this server by (its ``Host`` header): a
+    defence against DNS rebinding, where a page from ``http://evil.test:8080``
+    gets ``evil.test`` to resolve to this relay, and is then same-origin with
+    it in the browser's eyes, ``Host`` and ``Origin`` both saying evil.test.
+
+    - No ``Host`` header: not a browser (every browser sends one); allowed.
+    - IP literals: always allowed. A page at an IP address is on that
+      address: there is no name for an attacker to rebind.
+    - Names no public DNS can answer for: one label (``cambox``,
+      ``localhost``), and names under ``.localhost``, ``.local`` (mDNS),
+      ``.home.arpa`` and ``.internal``: always allowed. Rebinding needs a
+      name whose DNS the attacker runs, i.e. a public domain.
+    - ``extra`` names (the machine's own host name, the configured listen
+      host): allowed.
+    - Any other name must be listed in ``allowed_hosts``: exact names, or
+      ``*.example.com`` for one or more labels under it. ``"*"`` allows every
+      name (and gives up this defence).
+
+    Ports don't matter here (the origin check compares them).
+    """
+
+    def __init__(self, allowed_hosts: tuple[str, ...] | list[str] = (),
+                 extra: tuple[str, ...] | list[str] = ()) -> None:
+        self.allow_any = "*" in allowed_hosts
+        self.names = {self._name(entry) for entry in (*allowed_hosts, *extra) if entry != "*"
+                      and entry}
+
+    @staticmethod
+    def _name(entry: str) -> str:
+        host = entry.strip().lower().rstrip(".")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        try:
+            return _check_host(host, wildcard=True)
+        except ValueError as exc:
+            raise ValueError(f"allowed host {entry[:80]!r}: {exc}") from None
+
+    def check(self, host_header: str | None) -> str | None:
+        """None if a request with this ``Host`` header may proceed, else a one-line reason."""
+        if host_header is None or self.allow_any:
+            return None
+        try:
+            host, _ = _split_host_port(host_header.strip())
+            name = _check_host(host.rstrip("."))  # "localhost." is localhost
+        except ValueError:
+            return "malformed Host header"
+        if _is_ip(name) or "." not in name or name.endswith(PRIVATE_SUFFIXES):
+            return None
+        if name in self.names or any(
+                pattern.startswith("*.") and name.endswith(pattern[1:]) for pattern in self.names):
+            return None
+        return f"host {name[:64]} is not served here (list it in [server] allowed_hosts)"
+
+
 # --- tokens -----------------------------------------------------------------------------------
 
 # PyJWT >= 2.10 warns on every use of an HMAC key under 32 bytes; the config
@@ -250,11 +326,16 @@ class TokenVerifier:
     camera names, or ``"*"``). Optional: ``sub`` (who, for the logs), ``nbf``.
     Expiry is exact (no leeway), so ``Claims.expires_at`` is also the moment a
     viewer still watching must be closed; ``nbf`` tolerates some clock skew.
+    An ``exp`` more than ``max_ttl`` seconds ahead is refused: without a cap, a
+    token minted by mistake for years could only be revoked by a new secret.
     """
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, max_ttl: float = DEFAULT_MAX_TOKEN_TTL) -> None:
         if not secret:
             raise ValueError("the token secret is empty")
+        if not _number(max_ttl) or max_ttl <= 0:
+            raise ValueError("the longest token lifetime must be a positive number of seconds")
+        self.max_ttl = float(max_ttl)
         try:  # PyJWT refuses HMAC keys that look like PEM/SSH keys; say so now, not per viewer
             with _quiet_key_length():
                 jwt.encode({}, secret, algorithm=ALGORITHM)
@@ -279,6 +360,10 @@ class TokenVerifier:
             raise AccessDenied('token claim "exp" must be a number')
         if now >= exp:
             raise AccessDenied("token expired")
+        if exp - now > self.max_ttl + NBF_LEEWAY:
+            raise AccessDenied(f"token expires too far ahead: more than "
+                               f"{format_duration(self.max_ttl)} from now "
+                               "(the relay's [auth] max_token_ttl)")
         nbf = payload.get("nbf")
         if nbf is not None and (not _number(nbf) or now + NBF_LEEWAY < nbf):
             raise AccessDenied("token not valid yet")
@@ -403,6 +488,44 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def format_duration(seconds: float) -> str:
+    """``7d``, ``12h``, ``90m``, ``45s``: the largest unit that divides it (else seconds)."""
+    for unit in ("d", "h", "m"):
+        size = _UNITS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+# --- the metrics token ------------------------------------------------------------------------
+
+
+def bearer_token(headers: Mapping[str, str] | Callable[[str], Any]) -> str | None:
+    """The credentials of ``Authorization: Bearer …`` (what Prometheus sends
+    with ``authorization: {credentials_file: …}``), or None."""
+    values = _header_values(headers, "Authorization")
+    if len(values) != 1:
+        return None
+    scheme, _, credentials = values[0].strip().partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        return None
+    return credentials.strip()
+
+
+def metrics_token_matches(expected: str, given: str | None) -> bool:
+    """Constant-time comparison, so the time taken tells nothing of the token."""
+    return given is not None and hmac.compare_digest(expected.encode(), given.encode())
+
+
+def metrics_token_problem(token: str) -> str | None:
+    if len(token) < MIN_METRICS_TOKEN_LENGTH:
+        return (f"too short: use at least {MIN_METRICS_TOKEN_LENGTH} characters "
+                "(for example: openssl rand -hex 16)")
+    if not token.isascii() or not token.isprintable() or " " in token:
+        return "use printable ASCII without spaces (for example: openssl rand -hex 16)"
+    return None
+
+
 # --- connections per client -------------------------------------------------------------------
 
 
@@ -458,3 +581,48 @@ class ConnectionLimiter:
 
     def __len__(self) -> int:
         return len(self._open)
+
+
+class Handshakes:
+    """Connections accepted whose request has not been answered yet, per
+    client address and in total; a limit of 0 means none.
+
+    A connection that sends half a request holds a descriptor until the
+    handshake timeout: without bounds, a client could hold every descriptor
+    the process has with requests it never finishes. Past a limit, the
+    server either refuses a new connection at once or gives it a moment to
+    send its whole request (a burst of quick requests is no attack); which
+    is the server's choice (connection.py), so this only counts and says.
+    """
+
+    def __init__(self, max_per_client: int, max_total: int) -> None:
+        if max_per_client < 0 or max_total < 0:
+            raise ValueError("handshake limits must be 0 (unlimited) or more")
+        self.max_per_client = max_per_client
+        self.max_total = max_total
+        self.total = 0
+        self._per_client = ConnectionLimiter(0)  # counts only: the bounds are checked here
+
+    def begin(self, address: str) -> str | None:
+        """Count one more handshake from ``address``; the one-line reason it
+        is past a limit, or None."""
+        over = None
+        if self.max_total and self.total >= self.max_total:
+            over = f"too many connections in their handshake (maximum {self.max_total})"
+        elif self.max_per_client and self.count(address) >= self.max_per_client:
+            over = (f"too many connections from {client_key(address)} in their handshake "
+                    f"(maximum {self.max_per_client})")
+        self._per_client.acquire(address)
+        self.total += 1
+        return over
+
+    def end(self, address: str) -> None:
+        if self.count(address) > 0:
+            self._per_client.release(address)
+            self.total -= 1
+
+    def count(self, address: str) -> int:
+        return self._per_client.count(address)
+
+    def __len__(self) -> int:
+        return len(self._per_client)

@@ -10,6 +10,8 @@ handlers and talks to systemd: an application embedding a relay owns those.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import resource
 import signal
 import time
 from collections.abc import Callable
@@ -19,7 +21,8 @@ import structlog
 
 from cxrelay import __version__
 from cxrelay.cameras import Cameras
-from cxrelay.config import Config, ConfigError, plan_reload
+from cxrelay.config import Config, ConfigError, plan_reload, require_cameras
+from cxrelay.connection import descriptors_needed
 from cxrelay.logs import add_secrets
 from cxrelay.looplag import LoopLag
 from cxrelay.metrics import Metrics
@@ -28,7 +31,11 @@ from cxrelay.server import RelayServer
 
 log = structlog.get_logger("cxrelay")
 
-SHUTDOWN_GRACE = 3.0  # seconds for viewers to close and sources to stop; SIGTERM exits < 5 s
+# SIGTERM to exit: at most SHUTDOWN_GRACE + SHUTDOWN_CUT, whatever the viewers
+# and cameras do (promised: within 5 s; systemd's TimeoutStopSec= is 10 s).
+SHUTDOWN_GRACE = 2.0  # seconds for viewers' close handshakes and cameras' threads
+SHUTDOWN_CLOSE_TIMEOUT = 1.0  # a viewer that has not answered its close frame by then is cut
+SHUTDOWN_CUT = 0.5  # seconds, after cutting what remains, for the handlers to return
 STATUS_EVERY = 5.0  # seconds between systemd STATUS= updates
 # Hosts a browser on this machine reaches as localhost, a secure context where WebCodecs works.
 LOCAL_HOSTS = ("127.0.0.1", "0.0.0.0", "localhost")
@@ -90,9 +97,11 @@ class Relay:
         url = f"{scheme}://{cfg.host}:{self.server.port}/"
         local = url.replace(cfg.host, "localhost", 1) if cfg.host in LOCAL_HOSTS else url
         log.info("listening", url=url, cameras=len(self.cameras), version=__version__,
+                 descriptor_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                  hint=f"open {local} in a browser")
         if not self.cameras:
             log.warning("no cameras configured", hint="use --camera NAME=URL, --demo or --config")
+        self._check_descriptor_limit()
         self.notifier.ready(self.status_line())
         if (interval := self.notifier.watchdog_interval()) is not None:
             # Fed from the loop itself: a stuck loop stops the pings and systemd restarts us.
@@ -100,6 +109,17 @@ class Relay:
         if self.notifier.enabled:
             self._tasks.append(loop.create_task(self._report_status()))
         self.started.set()
+
+    def _check_descriptor_limit(self) -> None:
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        cfg = self.config.server
+        if not cfg.max_viewers or limit == resource.RLIM_INFINITY:
+            return
+        needed = descriptors_needed(cfg.max_viewers, cfg.max_handshakes, len(self.config.cameras))
+        if limit < needed:
+            log.warning("the descriptor limit is lower than max_viewers needs: past it, new "
+                        "connections are refused", descriptor_limit=limit, needed=needed,
+                        hint="raise LimitNOFILE= (systemd) or ulimit -n")
 
     async def _report_status(self) -> None:
         last = ""
@@ -133,15 +153,23 @@ class Relay:
         for task in self._tasks:
             task.cancel()
         self.loop_lag.stop()
+        started = time.monotonic()
+        closing = [self.cameras.close("server shutting down")]
         if self.server is not None:
-            self.server.close()  # stop accepting; viewers get 1001
-        await self.cameras.close("server shutting down")
-        if self.server is not None:
-            try:
-                await asyncio.wait_for(self.server.wait_closed(), SHUTDOWN_GRACE)
-            except TimeoutError:
-                log.warning("viewers did not close in time")
-        log.info("stopped")
+            # Stop accepting; viewers get 1001 (stalled ones are cut after
+            # SHUTDOWN_CLOSE_TIMEOUT). Cameras stop meanwhile, side by side.
+            self.server.close(SHUTDOWN_CLOSE_TIMEOUT)
+            closing.append(self.server.wait_closed())
+        try:
+            await asyncio.wait_for(asyncio.gather(*closing), SHUTDOWN_GRACE)
+        except TimeoutError:
+            log.warning("shutdown grace over: cutting the connections left",
+                        seconds=SHUTDOWN_GRACE)
+            if self.server is not None:
+                self.server.abort()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.server.wait_closed(), SHUTDOWN_CUT)
+        log.info("stopped", seconds=round(time.monotonic() - started, 2))
 
     # --- requests (from signals, or from an application) --------------------------------------
 
@@ -168,9 +196,14 @@ class Relay:
             log.info("reload requested, but there is no config file to reread")
             return
         try:
-            new = self.reload_config()
+            # In a thread: it reads files (and may wait for one being written).
+            new = require_cameras(await asyncio.to_thread(self.reload_config))
         except ConfigError as exc:
             log.error("reload rejected, keeping the running config", error=str(exc))
+            return
+        except Exception as exc:  # an application's reload_config, or a bug: never fatal
+            log.error("reload rejected, keeping the running config",
+                      error=f"{type(exc).__name__}: {exc}")
             return
         plan = plan_reload(self.config, new)
         if plan.listener_changed:

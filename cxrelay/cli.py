@@ -22,6 +22,7 @@ from cxrelay.config import (
     load_config,
     parse_camera_option,
     parse_substream_option,
+    require_cameras,
     with_overrides,
 )
 
@@ -47,7 +48,10 @@ def build_config(
     base = load_config(config_path) if config_path else Config()
     extra = tuple(parse_camera_option(c) for c in cameras)
     subs = tuple(parse_substream_option(s) for s in substreams)
-    return with_overrides(base, cameras=extra, substreams=subs, **overrides)
+    config = with_overrides(base, cameras=extra, substreams=subs, **overrides)
+    # Without a file, no camera is a first run (the relay says how to add one);
+    # a file without any is more likely one cut short.
+    return require_cameras(config) if config_path else config
 
 
 @main.command()
@@ -102,6 +106,7 @@ def run(config: Config, reload_config: Callable[[], Config] | None) -> None:
     from cxrelay.logs import configure_logging
 
     configure_logging(config.log.format, config.log.level, config.secrets())
+    raise_descriptor_limit()
     try:
         uvloop.run(run_relay(config, reload_config))
     except ConfigError as exc:  # found only when starting, e.g. unreadable TLS files
@@ -113,16 +118,31 @@ def run(config: Config, reload_config: Callable[[], Config] | None) -> None:
         pass
 
 
+def raise_descriptor_limit() -> None:
+    """The soft limit on open files up to the hard one, as Go programs do:
+    every viewer holds a descriptor, and a shell starts programs with 1024.
+    systemd's LimitNOFILE= sets both (systemd/cxrelay.service)."""
+    import contextlib
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        # A sandbox may forbid it; the relay then lives within the soft limit.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 @main.command("check-config")
 @click.argument("path")
 def check_config(path: str) -> None:
     """Validate a configuration file and exit (0: valid, 2: not)."""
     try:
-        config = load_config(path)
+        config = require_cameras(load_config(path))
     except ConfigError as exc:
         fail(str(exc))
     click.echo(f"{path}: OK, {len(config.cameras)} camera(s): "
-               + ", ".join(c.name for c in config.cameras))
+               + (", ".join(c.name for c in config.cameras) or "none (allow_no_cameras)"))
 
 
 @main.command()
@@ -140,7 +160,8 @@ def token(cameras: tuple[str, ...], ttl: str, subject: str | None, config_path: 
     """Mint a viewer token (HS256 JWT) for the given cameras."""
     import os
 
-    from cxrelay.access import mint_token, parse_duration, secret_problem
+    from cxrelay.access import format_duration, mint_token, parse_duration, secret_problem
+    from cxrelay.config import AuthConfig
 
     try:
         lifetime = parse_duration(ttl)
@@ -148,17 +169,25 @@ def token(cameras: tuple[str, ...], ttl: str, subject: str | None, config_path: 
         fail(f"--ttl: {exc}")
     if config_path:
         try:
-            secret = load_config(config_path).auth.secret
+            auth = load_config(config_path).auth
         except ConfigError as exc:
             fail(str(exc))
+        secret = auth.secret
         if not secret:
             fail(f"{config_path}: [auth] has no secret")
+        if lifetime > auth.max_token_ttl:  # the relay would refuse it
+            fail(f"--ttl {ttl}: longer than {config_path}'s [auth] max_token_ttl "
+                 f"({format_duration(auth.max_token_ttl)})")
     else:
         secret = os.environ.get(secret_env)
         if not secret:
             fail(f"no secret: give --config PATH or set {secret_env}")
         if problem := secret_problem(secret):  # what the config check says of it
             fail(f"{secret_env}: {problem}")
+        if lifetime > (default := AuthConfig().max_token_ttl):
+            click.echo(f"cxrelay: warning: --ttl {ttl} is longer than the default [auth] "
+                       f"max_token_ttl ({format_duration(default)}): a relay with the "
+                       "default refuses this token", err=True)
     claim: str | tuple[str, ...] = "*" if "*" in cameras else cameras
     try:
         click.echo(mint_token(secret, claim, lifetime, subject))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -16,7 +17,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from cxrelay.access import OriginPolicy, secret_problem
+from cxrelay.access import (
+    DEFAULT_MAX_TOKEN_TTL,
+    HostPolicy,
+    OriginPolicy,
+    metrics_token_problem,
+    secret_problem,
+)
 from cxrelay.backlog import DEFAULT_MAX_BYTES, DEFAULT_MAX_DELAY, BacklogLimits
 from cxrelay.gop import DEFAULT_GOP_CACHE_BYTES
 from cxrelay.redact import redact_url, url_secrets
@@ -28,6 +35,11 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 TRANSPORTS = ("tcp", "udp")
 ASSEMBLY = ("nal", "parser")
 DEMO_URL = "demo://"
+# Connections still in their handshake: a wall of tiles opens one per tile at
+# once from one browser; a client that never finishes its requests holds one
+# descriptor each until handshake_timeout.
+DEFAULT_MAX_HANDSHAKES = 256
+DEFAULT_MAX_HANDSHAKES_PER_CLIENT = 32
 
 
 class ConfigError(ValueError):
@@ -82,8 +94,14 @@ class ServerConfig:
     host: str = field(default="127.0.0.1", metadata=_LISTENER)
     port: int = field(default=8080, metadata=_LISTENER)
     allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()  # besides IP literals, localhost and this machine's name
     max_viewers: int = 0  # in total; 0: unlimited
     max_connections_per_client: int = 0  # per client address; 0: unlimited
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES  # in total; 0: unlimited
+    max_handshakes_per_client: int = DEFAULT_MAX_HANDSHAKES_PER_CLIENT  # 0: unlimited
+    # A config file without cameras is an error (an empty or half-written
+    # file), unless the operator says it is meant.
+    allow_no_cameras: bool = False
     handshake_timeout: float = field(default=10.0, metadata=_LISTENER)
     max_message_size: int = field(default=4096, metadata=_LISTENER)
     ping_interval: float = field(default=20.0, metadata=_LISTENER)
@@ -106,9 +124,13 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     secret: str | None = None
+    max_token_ttl: float = DEFAULT_MAX_TOKEN_TTL  # seconds from now a token's exp may lie
+    metrics_token: str | None = None  # Bearer token for /metrics and /healthz's counts
 
     def __repr__(self) -> str:
-        return f"AuthConfig(secret={'***' if self.secret else None})"
+        return (f"AuthConfig(secret={'***' if self.secret else None}, "
+                f"max_token_ttl={self.max_token_ttl:g}, "
+                f"metrics_token={'***' if self.metrics_token else None})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +151,7 @@ class Config:
         """What no log line may show: camera credentials and the token secret."""
         found = [s for c in self.cameras for url in (c.url, c.substream) if url
                  for s in url_secrets(url)]
-        if self.auth.secret:
-            found.append(self.auth.secret)
+        found += [s for s in (self.auth.secret, self.auth.metrics_token) if s]
         return tuple(found)
 
 
@@ -229,10 +250,14 @@ class _Section:
         env_name = self.get(f"{key}_env", str, None)
         file_name = self.get(f"{key}_file", str, None)
         if inline is not None:
+            if not inline:
+                raise self.err(key, "is empty")
             return inline
         if env_name is not None:
             if env_name not in self.env:
                 raise self.err(f"{key}_env", f"environment variable {env_name} is not set")
+            if not self.env[env_name]:
+                raise self.err(f"{key}_env", f"environment variable {env_name} is empty")
             return self.env[env_name]
         if file_name is not None:
             path = Path(file_name)
@@ -240,9 +265,16 @@ class _Section:
             if not path.is_absolute() and creds:
                 path = Path(creds) / path
             try:
-                return path.read_text(encoding="utf-8").strip("\r\n")
+                value = path.read_text(encoding="utf-8").strip("\r\n")
             except OSError as exc:
                 raise self.err(f"{key}_file", f"cannot read {path}: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise self.err(f"{key}_file", f"{path} is not UTF-8 text") from None
+            if not value:
+                # A credential written halfway, or never: an empty password
+                # would fail at the camera with a far less clear message.
+                raise self.err(f"{key}_file", f"{path} is empty")
+            return value
         return None
 
     def finish(self) -> None:
@@ -360,18 +392,29 @@ def _camera(where: str, data: Any, env: Mapping[str, str]) -> CameraConfig:
     return camera
 
 
-def _origins(s: _Section) -> tuple[str, ...]:
-    origins = s.get("allowed_origins", list, [])
-    for i, origin in enumerate(origins):
-        if not isinstance(origin, str):
-            raise s.err(f"allowed_origins[{i}]", f"expected a string, got {_kind(origin)}")
+def _entries(s: _Section, key: str, check: Callable[[tuple[str, ...]], object],
+             example: str) -> tuple[str, ...]:
+    """A list of strings, each of which ``check`` accepts (raising ValueError)."""
+    entries = s.get(key, list, [])
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, str):
+            raise s.err(f"{key}[{i}]", f"expected a string, got {_kind(entry)}")
         try:
-            OriginPolicy((origin,))
+            check((entry,))
         except ValueError as exc:
-            raise s.err(f"allowed_origins[{i}]",
-                        f"{exc} (expected an origin like https://shop.example.com "
-                        "or https://*.example.com: no path, no trailing slash)") from None
-    return tuple(origins)
+            raise s.err(f"{key}[{i}]", f"{exc} (expected {example})") from None
+    return tuple(entries)
+
+
+def _origins(s: _Section) -> tuple[str, ...]:
+    return _entries(s, "allowed_origins", OriginPolicy,
+                    "an origin like https://shop.example.com or https://*.example.com: "
+                    "no path, no trailing slash")
+
+
+def _hosts(s: _Section) -> tuple[str, ...]:
+    return _entries(s, "allowed_hosts", HostPolicy,
+                    "a host name like cams.example.com or *.example.com: no scheme, no port")
 
 
 def _server(data: Any, env: Mapping[str, str]) -> ServerConfig:
@@ -381,9 +424,16 @@ def _server(data: Any, env: Mapping[str, str]) -> ServerConfig:
         host=s.get("host", str, d.host),
         port=s.integer("port", d.port, minimum=0, maximum=65535),
         allowed_origins=_origins(s),
+        allowed_hosts=_hosts(s),
         max_viewers=s.integer("max_viewers", 0, minimum=0, maximum=1_000_000),
         max_connections_per_client=s.integer("max_connections_per_client", 0,
                                              minimum=0, maximum=100_000),
+        max_handshakes=s.integer("max_handshakes", d.max_handshakes,
+                                 minimum=0, maximum=1_000_000),
+        max_handshakes_per_client=s.integer("max_handshakes_per_client",
+                                            d.max_handshakes_per_client,
+                                            minimum=0, maximum=100_000),
+        allow_no_cameras=s.get("allow_no_cameras", bool, d.allow_no_cameras),
         handshake_timeout=s.number("handshake_timeout", d.handshake_timeout,
                                    minimum=0.1, maximum=300),
         max_message_size=s.integer("max_message_size", d.max_message_size,
@@ -407,11 +457,19 @@ def _server(data: Any, env: Mapping[str, str]) -> ServerConfig:
 
 def _auth(data: Any, env: Mapping[str, str]) -> AuthConfig:
     s = _Section("auth", data, env)
+    d = AuthConfig()
     secret = s.secret("secret")
     if secret is not None and (problem := secret_problem(secret)):
         raise s.err("secret", problem)
+    metrics_token = s.secret("metrics_token")
+    if metrics_token is not None and (problem := metrics_token_problem(metrics_token)):
+        raise s.err("metrics_token", problem)
+    auth = AuthConfig(secret=secret,
+                      max_token_ttl=s.number("max_token_ttl", d.max_token_ttl,
+                                             minimum=60, maximum=366 * 86400),
+                      metrics_token=metrics_token)
     s.finish()
-    return AuthConfig(secret=secret)
+    return auth
 
 
 def _log(data: Any, env: Mapping[str, str]) -> LogConfig:
@@ -447,16 +505,49 @@ def check_unique(cameras: tuple[CameraConfig, ...]) -> None:
         seen.add(camera.name)
 
 
+READ_ATTEMPTS = 3
+READ_RETRY_DELAY = 0.05  # seconds; a program writing the file in place is usually done by then
+
+
+def read_settled(path: str | os.PathLike[str]) -> bytes:
+    """The file's bytes, read while nothing was writing it.
+
+    A reload can meet a file being rewritten in place (``>``, ``cp``, an
+    editor that doesn't rename): the bytes read must be those of one moment,
+    so the file must look the same (inode, size, modification time) before
+    and after, with as many bytes read as it has. Raises OSError, or
+    ConfigError when it keeps changing."""
+    for attempt in range(READ_ATTEMPTS):
+        with open(path, "rb") as f:
+            before = os.fstat(f.fileno())
+            data = f.read()
+        after = os.stat(path)
+        if len(data) == before.st_size and (before.st_ino, before.st_size, before.st_mtime_ns) \
+                == (after.st_ino, after.st_size, after.st_mtime_ns):
+            return data
+        if attempt + 1 < READ_ATTEMPTS:
+            time.sleep(READ_RETRY_DELAY)
+    raise ConfigError(f"{path}: the file changed while it was being read "
+                      "(still being written?); send the reload again when it is complete")
+
+
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a TOML file; every error message starts with the file name."""
     name = str(path)
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        raw = read_settled(path)
     except FileNotFoundError:
         raise ConfigError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{name}: is a directory, not a file") from None
     except OSError as exc:
         raise ConfigError(f"{name}: cannot read: {exc.strerror}") from None
+    if not raw.strip():
+        raise ConfigError(f"{name}: the file is empty (written halfway, or truncated?)")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{name}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{name}: invalid TOML: {exc}") from None
     try:
@@ -464,6 +555,17 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     except ConfigError as exc:
         raise ConfigError(f"{name}: {exc}") from None
     return replace(config, path=name)
+
+
+def require_cameras(config: Config) -> Config:
+    """A configuration file with no camera is refused (at start, on reload and
+    by check-config) unless ``[server] allow_no_cameras`` says it is meant:
+    more often it is a file cut short, and a reload would close every viewer."""
+    if not config.cameras and not config.server.allow_no_cameras:
+        where = f"{config.path}: " if config.path else ""
+        raise ConfigError(f"{where}no cameras: add a [[camera]] table, or set "
+                          "[server] allow_no_cameras = true to run without any")
+    return config
 
 
 def _name_and_url(flag: str, option: str) -> tuple[str, str]:

@@ -179,8 +179,9 @@ class CameraHub:
         self._cancel_linger()
         self._stop_source()
         viewers = list(self.viewers)
-        await asyncio.gather(*(v.close(code, reason) for v in viewers), return_exceptions=True)
-        await self.wait_sources_stopped(2.0)
+        # Side by side: a source stuck in a read must not add its wait to the viewers'.
+        await asyncio.gather(*(v.close(code, reason) for v in viewers),
+                             self.wait_sources_stopped(2.0), return_exceptions=True)
         self.metrics.remove_stream(self.name, self.stream)
 
     async def wait_sources_stopped(self, timeout: float) -> None:

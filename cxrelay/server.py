@@ -1,5 +1,7 @@
 """The one listening port: WebSocket viewers at /ws/<camera>, and plain HTTP
 (the player, the API, health, metrics) through websockets' process_request.
+What each connection passes before a request is routed (admission, one
+request per connection, methods) is connection.py's.
 
 Every refusal happens before the upgrade, as a plain HTTP status, so a
 browser's devtools and a curl both show why.
@@ -7,32 +9,40 @@ browser's devtools and a curl both show why.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import mimetypes
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
+from websockets.datastructures import Headers, MultipleValuesError
 from websockets.http11 import Request, Response
 
 from cxrelay import __version__
 from cxrelay.access import (
+    ALL_CAMERAS,
     AccessDenied,
     Claims,
     ConnectionLimiter,
+    Handshakes,
+    HostPolicy,
     OriginPolicy,
     TokenVerifier,
+    bearer_token,
+    metrics_token_matches,
     token_from_request,
 )
 from cxrelay.cameras import Camera, Cameras
 from cxrelay.config import Config, ConfigError
+from cxrelay.connection import LISTEN_BACKLOG, Admission, AdmittedConnection
 from cxrelay.metrics import Metrics
 from cxrelay.protocol import (
     CLOSE_GOING_AWAY,
@@ -97,6 +107,17 @@ def json_response(obj: Any, status: HTTPStatus = HTTPStatus.OK) -> Response:
     return response(status, json.dumps(obj).encode(), "application/json")
 
 
+def own_host_names(listen_host: str) -> tuple[str, ...]:
+    """Names that reach this machine and no attacker's DNS can point
+    elsewhere: its host name (also under mDNS's .local) and the configured
+    listen host, when that is a name."""
+    name = socket.gethostname().lower()
+    names = [listen_host, name]
+    if name and "." not in name:
+        names.append(f"{name}.local")
+    return tuple(n for n in names if n and n not in ("0.0.0.0", "::"))
+
+
 class RelayServer:
     """HTTP routes, and admission of viewers (their sessions are viewer.py's)."""
 
@@ -107,6 +128,8 @@ class RelayServer:
         self.status = status
         self.static = static_routes()
         self.limiter = ConnectionLimiter(config.server.max_connections_per_client)
+        self.admission = Admission(Handshakes(config.server.max_handshakes_per_client,
+                                    config.server.max_handshakes), SERVER_HEADER)
         self._server: Server | None = None
         self._ssl: ssl.SSLContext | None = None
         self.snapshots = Snapshots(metrics)
@@ -116,9 +139,13 @@ class RelayServer:
         """Take a (re)loaded configuration: origins and tokens apply to the next
         request; the TLS certificate to the next handshake."""
         self.config = config
+        self.hosts = HostPolicy(config.server.allowed_hosts, own_host_names(config.server.host))
         self.origins = OriginPolicy(config.server.allowed_origins)
-        self.tokens = TokenVerifier(config.auth.secret) if config.auth.secret else None
+        self.tokens = TokenVerifier(config.auth.secret, config.auth.max_token_ttl) \
+            if config.auth.secret else None
         self.limiter.max_per_client = config.server.max_connections_per_client
+        self.admission.handshakes.max_per_client = config.server.max_handshakes_per_client
+        self.admission.handshakes.max_total = config.server.max_handshakes
         if self._ssl is not None and config.server.tls_cert:
             try:
                 # Try the pair on a scratch context first: a failed load into the
@@ -148,8 +175,12 @@ class RelayServer:
             # The video path writes to the transport itself (viewer.py); these
             # are the marks of its flow control.
             write_limit=(HIGH_WATER, LOW_WATER),
-            create_connection=RelayConnection,
             ssl=self._ssl_context(),
+            # Admission and one request per connection (connection.py), on top
+            # of the video path's flow control (wire.py).
+            create_connection=cast(Any, functools.partial(AdmittedConnection,
+                                                          admission=self.admission)),
+            backlog=LISTEN_BACKLOG,
         )
 
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -171,11 +202,21 @@ class RelayServer:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
-    def close(self) -> None:
-        """Stop accepting, and close every viewer with 1001 going away."""
+    def close(self, close_timeout: float | None = None) -> None:
+        """Stop accepting, and close every viewer with 1001 going away; one
+        that has not answered its close frame within ``close_timeout`` seconds
+        (by default the usual 2) is cut."""
+        self.admission.close()
         if self._server is not None:
+            if close_timeout is not None:
+                for connection in self._server.connections:
+                    connection.close_timeout = close_timeout
             self._server.close(close_connections=True)
         self.snapshots.close()
+
+    def abort(self) -> None:
+        """Cut every connection still open, viewers and handshakes alike."""
+        self.admission.abort()
 
     async def wait_closed(self) -> None:
         if self._server is not None:
@@ -185,14 +226,58 @@ class RelayServer:
 
     def _process_request(self, connection: ServerConnection, request: Request
                          ) -> Response | Awaitable[Response] | None:
+        """Route one request (GET or HEAD: connection.py refuses the others).
+        No exception leaves here: websockets would answer 500 and print a
+        traceback outside the log."""
         path = request_path(request.path)
+        try:
+            answer = self._route(connection, request, path)
+        except Exception as exc:
+            return _for_method(request, self._failed(path, exc))
+        if isinstance(answer, Awaitable):
+            return self._finish(request, path, answer)
+        return _for_method(request, answer)
+
+    async def _finish(self, request: Request, path: str, pending: Awaitable[Response]
+                      ) -> Response:
+        try:
+            answer = await pending
+        except Exception as exc:
+            answer = self._failed(path, exc)
+        result = _for_method(request, answer)
+        assert result is not None
+        return result
+
+    def _failed(self, path: str, exc: Exception) -> Response:
+        if isinstance(exc, MultipleValuesError):
+            # Which Origin, Host or X-Forwarded-Proto would be the real one is
+            # anyone's guess: a proxy's and a client's disagreeing, or a trick.
+            header = exc.args[0] if exc.args else "a"
+            log.info("request refused", path=path[:100], status=400,
+                     reason=f"duplicate {header} header")
+            return text_response(HTTPStatus.BAD_REQUEST, f"duplicate {header} header")
+        log.error("request failed", path=path[:100], exc_info=exc)
+        return text_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+
+    def _route(self, connection: ServerConnection, request: Request, path: str
+               ) -> Response | Awaitable[Response] | None:
+        if request.method not in ("GET", "HEAD"):  # connection.py refused it already
+            return text_response(HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed")
+        reason = self.hosts.check(request.headers.get("Host"))
+        if reason is not None:
+            log.info("request refused", path=path[:100], peer=peer_address(connection),
+                     status=HTTPStatus.MISDIRECTED_REQUEST.value, reason=reason)
+            return text_response(HTTPStatus.MISDIRECTED_REQUEST, reason)
         if path.startswith("/ws/"):
             refusal = self._admit(connection, request, path[4:])
             if not _wants_upgrade(request):
                 return _verdict(request, refusal)
             return refusal
         if path == "/healthz":
-            return json_response(self.status())
+            # Counts of cameras are for those who may see them all; a load
+            # balancer needs only the 200.
+            return json_response(self.status() if self._sees_everything(request)
+                                 else {"status": "ok"})
         if path == "/api/cameras":
             claims, refusal = self._check_token(request, None)
             if refusal is not None:
@@ -206,6 +291,14 @@ class RelayServer:
         if path.startswith("/api/"):
             return text_response(HTTPStatus.NOT_FOUND, "not found")
         if path == "/metrics":
+            if not self._sees_everything(request):
+                reason = ("metrics need the metrics token (Authorization: Bearer, "
+                          "[auth] metrics_token)" + ("" if self.tokens is None
+                                                     else " or a viewer token for every camera"))
+                log.info("request refused", path=path, status=401, reason=reason)
+                return response(HTTPStatus.UNAUTHORIZED, (reason + "\n").encode(),
+                                "text/plain; charset=utf-8",
+                                {"WWW-Authenticate": 'Bearer realm="cxrelay metrics"'})
             return response(HTTPStatus.OK, self.metrics.render(), self.metrics.content_type)
         if (file := self.static.get(path)) is not None:
             return self._static(file, request.headers.get("Accept-Encoding", ""))
@@ -288,6 +381,25 @@ class RelayServer:
                      reason=exc.reason, status=401)
             return None, text_response(HTTPStatus.UNAUTHORIZED, exc.reason)
 
+    def _sees_everything(self, request: Request) -> bool:
+        """Whether this request may see what names every camera (metrics, the
+        counts in /healthz): what /api/cameras shows a token for every camera.
+        Without tokens that is anyone; with the metrics token set, its bearer
+        (what Prometheus sends); with tokens on, also a token for "*"."""
+        auth = self.config.auth
+        if auth.metrics_token is not None:
+            if metrics_token_matches(auth.metrics_token, bearer_token(request.headers)):
+                return True
+            if self.tokens is None:
+                return False
+        if self.tokens is None:
+            return True
+        try:
+            claims = self.tokens.verify(token_from_request(request.path, request.headers), None)
+        except AccessDenied:
+            return False
+        return ALL_CAMERAS in claims.cameras
+
     def _refuse(self, status: HTTPStatus, reason: str, camera: str, peer: str) -> Response:
         log.info("viewer refused", camera=camera[:64], peer=peer, status=status.value,
                  reason=reason)
@@ -369,8 +481,15 @@ class RelayServer:
                            keyframes=keyframes)
 
 
+def _for_method(request: Request, answer: Response | None) -> Response | None:
+    """HEAD gets the GET's status and headers (Content-Length included), no body."""
+    if request.method == "HEAD" and answer is not None:
+        return Response(answer.status_code, answer.reason_phrase, answer.headers, b"")
+    return answer
+
+
 def _wants_upgrade(request: Request) -> bool:
-    return "websocket" in request.headers.get("Upgrade", "").lower()
+    return request.method == "GET" and "websocket" in request.headers.get("Upgrade", "").lower()
 
 
 def _verdict(request: Request, refusal: Response | None) -> Response:

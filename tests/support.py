@@ -134,7 +134,9 @@ class RelayProcess:
     for a log line instead of sleeping: ``proc.reload()`` sends SIGHUP and returns the
     reload's own outcome line."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None,
+                 preexec_fn: Callable[[], None] | None = None) -> None:
+        self.preexec_fn = preexec_fn  # run in the child before cxrelay (e.g. setrlimit)
         self.port = free_port()
         self.args = ["serve", "--host", "127.0.0.1", "--port", str(self.port),
                      "--log-format", "json", *args]
@@ -149,6 +151,7 @@ class RelayProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cxrelay", *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
+            preexec_fn=self.preexec_fn,
         )
         for stream, lines in ((self.proc.stdout, self._out), (self.proc.stderr, self._err)):
             reader = threading.Thread(target=self._read, args=(stream, lines), daemon=True)

@@ -20,6 +20,7 @@ picture leaves with its last slice and no timer is needed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -75,6 +76,7 @@ class Source:
         self._loop = loop
         self._backoff = backoff or Backoff()
         self._stopping = threading.Event()
+        self._ended = asyncio.Event()  # set from the thread, through the loop, as it ends
         self._thread = threading.Thread(
             target=self._run, name=f"cxrelay-{self.kind}-{camera.name}", daemon=True
         )
@@ -107,8 +109,14 @@ class Source:
     async def wait_stopped(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the thread to end; False if it is still
         blocked in a read (it is a daemon thread and will not hold up exit)."""
+        # Told by the thread as it ends, not joined in a worker thread: a join
+        # blocked there would hold up the process's exit (asyncio waits for
+        # its executor's threads).
         if self._thread.is_alive():
-            await asyncio.to_thread(self._thread.join, timeout)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ended.wait(), timeout)
+        if self._ended.is_set():
+            self._thread.join()  # it has returned from its work: only its exit is left
         return not self._thread.is_alive()
 
     # --- called from the source thread ---
@@ -212,6 +220,13 @@ class Source:
         return f"{type(exc).__name__}: {exc}"
 
     def _run(self) -> None:
+        try:
+            self._sessions()
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is closed already
+                self._loop.call_soon_threadsafe(self._ended.set)
+
+    def _sessions(self) -> None:
         while not self._stopping.is_set():
             self.emit(self._sink.source_connecting)
             started = time.monotonic()

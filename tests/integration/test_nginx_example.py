@@ -111,7 +111,11 @@ def test_nginx_accepts_the_example(tmp_path: Path) -> None:
 @pytest.fixture
 async def relay() -> AsyncIterator[Relay]:
     camera = CameraConfig(name="demo", url="demo://")
-    async with running_relay(make_config([camera])) as relay:
+    # As the example's "cxrelay side" says: the public name is listed (nginx
+    # forwards the browser's Host), and every client is nginx's address.
+    config = make_config([camera], allowed_hosts=(HOST,), max_connections_per_client=0,
+                         max_handshakes_per_client=0)
+    async with running_relay(config) as relay:
         yield relay
 
 

@@ -91,6 +91,18 @@ def test_unit_has_the_operational_settings() -> None:
 
 
 @needs_analyze
+def test_descriptor_limit_suits_the_relays_limits() -> None:
+    """LimitNOFILE= (soft and hard alike) holds the default handshakes, the
+    spare and many thousand viewers (issue 14 fault 3); the sandbox forbids
+    raising it from inside (@resources), so the unit's number is the one."""
+    from cxrelay.config import DEFAULT_MAX_HANDSHAKES
+    from cxrelay.connection import descriptors_needed
+
+    (limit,) = unit_settings(UNIT.read_text())["LimitNOFILE"]
+    assert ":" not in limit, "one number: soft and hard the same"
+    assert int(limit) >= descriptors_needed(10_000, DEFAULT_MAX_HANDSHAKES, 64)
+
+
 def test_verify(testable_unit: Path) -> None:
     result = analyze("verify", "--man=no", "--recursive-errors=no", str(testable_unit))
     output = result.stdout + result.stderr

@@ -14,12 +14,19 @@ from hypothesis import strategies as st
 from websockets.datastructures import Headers
 
 from cxrelay.access import (
+    DEFAULT_MAX_TOKEN_TTL,
     AccessDenied,
     Claims,
     ConnectionLimiter,
+    Handshakes,
+    HostPolicy,
     OriginPolicy,
     TokenVerifier,
+    bearer_token,
     client_key,
+    format_duration,
+    metrics_token_matches,
+    metrics_token_problem,
     mint_token,
     parse_duration,
     token_from_request,
@@ -482,3 +489,154 @@ def test_limiter_zero_is_unlimited() -> None:
     assert limiter.count("127.0.0.1") == 1000
     with pytest.raises(ValueError):
         ConnectionLimiter(-1)
+
+
+# --- host names (DNS rebinding, issue 14 fault 7) --------------------------------------------
+
+HOST_CASES = [
+    # (allowed_hosts, Host header, allowed?)
+    ((), None, True),  # not a browser
+    ((), "127.0.0.1", True),
+    ((), "127.0.0.1:8080", True),
+    ((), "10.1.2.3:8080", True),
+    ((), "[::1]:8080", True),
+    ((), "[fd00::1]", True),
+    ((), "localhost:8080", True),
+    ((), "LOCALHOST", True),
+    ((), "localhost.", True),
+    ((), "cam.localhost:8080", True),
+    ((), "cambox:8080", True),  # one label: no public DNS answers for it
+    ((), "cambox.local:8080", True),
+    ((), "nvr.home.arpa", True),
+    ((), "relay.corp.internal", True),
+    ((), "evil.test", False),
+    ((), "evil.test:8080", False),
+    ((), "evil.test.:8080", False),
+    ((), "localhost.evil.test", False),
+    ((), "127.0.0.1.nip.io", False),
+    ((), "local.evil.com", False),
+    ((), "evillocal", True),
+    (("cams.example.com",), "cams.example.com", True),
+    (("cams.example.com",), "CAMS.example.com:443", True),
+    (("cams.example.com",), "other.example.com", False),
+    (("*.example.com",), "a.example.com", True),
+    (("*.example.com",), "a.b.example.com", True),
+    (("*.example.com",), "example.com", False),
+    (("*.example.com",), "evil-example.com", False),
+    (("*",), "evil.test", True),
+]
+
+
+@pytest.mark.parametrize(("allowed", "host", "ok"), HOST_CASES)
+def test_host_policy(allowed: tuple[str, ...], host: str | None, ok: bool) -> None:
+    reason = HostPolicy(allowed).check(host)
+    assert (reason is None) == ok, reason
+    if not ok:
+        assert "allowed_hosts" in reason or "malformed" in reason
+
+
+@pytest.mark.parametrize("host", ["", "a b", "x/y", "user@host", "[::1", "ex\u00e4mple.com",
+                                  "a" * 2000])
+def test_host_policy_refuses_malformed_host_headers(host: str) -> None:
+    assert HostPolicy().check(host) == "malformed Host header"
+
+
+def test_host_policy_extra_names_are_allowed() -> None:
+    policy = HostPolicy((), extra=("cambox.example.net",))
+    assert policy.check("cambox.example.net:8080") is None
+    assert policy.check("evil.example.net") is not None
+
+
+@pytest.mark.parametrize("entry", ["https://cams.example.com", "cams.example.com:443",
+                                   "*.*.example.com", "exa mple.com", "a/b"])
+def test_host_policy_refuses_bad_entries(entry: str) -> None:
+    with pytest.raises(ValueError, match="allowed host"):
+        HostPolicy((entry,))
+
+
+# --- handshakes per client and in total (issue 14 fault 3) ------------------------------------
+
+
+def test_handshakes_count_and_say_when_past_a_bound() -> None:
+    handshakes = Handshakes(max_per_client=2, max_total=3)
+    assert handshakes.begin("10.0.0.1") is None
+    assert handshakes.begin("::ffff:10.0.0.1") is None  # the same client
+    over = handshakes.begin("10.0.0.1")
+    assert over == "too many connections from 10.0.0.1 in their handshake (maximum 2)"
+    assert handshakes.count("10.0.0.1") == 3 and handshakes.total == 3  # counted all the same
+    assert handshakes.begin("10.0.0.2") == \
+        "too many connections in their handshake (maximum 3)"
+    for address in ("10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.2"):
+        handshakes.end(address)
+    assert handshakes.total == 0 and len(handshakes) == 0  # idle clients forgotten
+    handshakes.end("10.0.0.9")  # never counted: nothing happens
+    assert handshakes.total == 0
+
+
+def test_handshakes_zero_is_unlimited() -> None:
+    handshakes = Handshakes(0, 0)
+    assert all(handshakes.begin("10.0.0.1") is None for _ in range(10_000))
+    with pytest.raises(ValueError):
+        Handshakes(-1, 0)
+
+
+# --- token lifetime cap (issue 14 fault 8) ----------------------------------------------------
+
+
+def test_tokens_expiring_too_far_ahead_are_refused() -> None:
+    verifier = TokenVerifier(SECRET, max_ttl=3600)
+    assert verifier.verify(mint_token(SECRET, "*", 3600, now=NOW), None, now=NOW)
+    # Clock skew between the minting app and cxrelay is tolerated ...
+    assert verifier.verify(mint_token(SECRET, "*", 3600, now=NOW + 20), None, now=NOW)
+    # ... a longer lifetime is not.
+    with pytest.raises(AccessDenied) as info:
+        verifier.verify(mint_token(SECRET, "*", 7200, now=NOW), None, now=NOW)
+    assert info.value.reason == ("token expires too far ahead: more than 1h from now "
+                                 "(the relay's [auth] max_token_ttl)")
+    # An exp a century ahead, hand-made.
+    forever = jwt.encode({"cameras": "*", "exp": NOW + 100 * 365 * 86400}, SECRET, "HS256")
+    with pytest.raises(AccessDenied, match="too far ahead"):
+        TokenVerifier(SECRET).verify(forever, None, now=NOW)
+
+
+def test_default_token_lifetime_cap_is_a_week() -> None:
+    assert DEFAULT_MAX_TOKEN_TTL == 7 * 86400
+    verifier = TokenVerifier(SECRET)
+    assert verifier.verify(mint_token(SECRET, "*", 7 * 86400, now=NOW), None, now=NOW)
+    with pytest.raises(AccessDenied, match="more than 7d from now"):
+        verifier.verify(mint_token(SECRET, "*", 8 * 86400, now=NOW), None, now=NOW)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(604800, "7d"), (3600, "1h"), (5400, "90m"),
+                                                 (90, "90s"), (1.5, "1.5s"), (86400 * 366, "366d")])
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+    assert parse_duration(text) == seconds
+
+
+# --- the metrics token (issue 14 fault 6) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(("headers", "token"), [
+    ({"Authorization": "Bearer abc123"}, "abc123"),
+    ({"authorization": "bearer   abc123  "}, "abc123"),
+    ({"Authorization": "Basic YTpi"}, None),
+    ({"Authorization": "Bearer"}, None),
+    ({}, None),
+])
+def test_bearer_token(headers: dict[str, str], token: str | None) -> None:
+    assert bearer_token(Headers(headers)) == token
+
+
+def test_bearer_token_ignores_repeated_headers() -> None:
+    headers = Headers([("Authorization", "Bearer a"), ("Authorization", "Bearer b")])
+    assert bearer_token(headers) is None
+
+
+def test_metrics_token_checks() -> None:
+    assert metrics_token_matches("0123456789abcdef", "0123456789abcdef")
+    assert not metrics_token_matches("0123456789abcdef", "0123456789abcdeF")
+    assert not metrics_token_matches("0123456789abcdef", None)
+    assert metrics_token_problem("0123456789abcdef") is None
+    assert "too short" in (metrics_token_problem("short") or "")
+    assert "printable ASCII" in (metrics_token_problem("0123456789 abcdef") or "")

@@ -1,9 +1,12 @@
+import os
 import textwrap
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from cxrelay import config as config_module
 from cxrelay.config import (
     DEMO_URL,
     AuthConfig,
@@ -18,6 +21,7 @@ from cxrelay.config import (
     parse_config,
     parse_substream_option,
     plan_reload,
+    require_cameras,
     with_overrides,
 )
 
@@ -102,6 +106,21 @@ BAD = [
     ("[log]\nlevel = 'loud'\n", "log.level: 'loud' is not one of"),
     ("[server\n", "invalid TOML"),
     ("camera = 3\n", "camera: expected a list, got an integer"),
+    # Half-written files (issue 14 fault 4): each one clear line.
+    ("", "the file is empty (written halfway, or truncated?)"),
+    ("\n  \n", "the file is empty"),
+    ("[[camera]]\nname = 'a'\nurl = 'rtsp://h/x'\n[[camera]]\nname = 'b", "invalid TOML"),
+    ("[[camera]]\nname = 'a'\nurl = 'rtsp://h/x'\n[[cam", "invalid TOML"),
+    ("[[camera]]\nname = 'a'\nurl = 'rtsp://h/x'\npassword = ''\n",
+     "camera[0] (a).password: is empty"),
+    ("[[camera]]\nname = 'a'\nurl = 'rtsp://h/x'\npassword_env = 'EMPTY'\n",
+     "camera[0] (a).password_env: environment variable EMPTY is empty"),
+    ("[server]\nallowed_hosts = ['https://cams.example.com']\n", "allowed_hosts[0]"),
+    ("[server]\nallowed_hosts = [3]\n", "allowed_hosts[0]: expected a string"),
+    ("[server]\nmax_handshakes = -1\n", "server.max_handshakes: -1 is out of range"),
+    ("[server]\nallow_no_cameras = 1\n", "server.allow_no_cameras: expected true or false"),
+    ("[auth]\nmax_token_ttl = 10\n", "auth.max_token_ttl: 10 is out of range"),
+    ("[auth]\nmetrics_token = 'short'\n", "auth.metrics_token: too short"),
 ]
 
 
@@ -109,7 +128,7 @@ BAD = [
 def test_bad_config_names_file_key_and_problem(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
-        load_config(path, env={})
+        load_config(path, env={"EMPTY": ""})
     text_of_error = str(info.value)
     assert text_of_error.startswith(f"{path}: ")
     assert message in text_of_error
@@ -217,3 +236,93 @@ def test_substream_option() -> None:
     with pytest.raises(ConfigError) as info:
         parse_substream_option("lobby=ftp://u:pw9@h/x")
     assert "pw9" not in str(info.value)
+
+
+# --- half-written files and configs without cameras (issue 14 fault 4) -----------------------
+
+
+def test_an_empty_secret_file_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "lobby.pw").write_text("\n")  # a credential written halfway
+    (tmp_path / "auth").write_text("")
+    path = write(tmp_path, """
+        [[camera]]
+        name = "lobby"
+        url = "rtsp://admin@cam/x"
+        password_file = "lobby.pw"
+    """)
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    with pytest.raises(ConfigError,
+                       match=r"camera\[0\] \(lobby\).password_file: .*lobby.pw is empty"):
+        load_config(path, env=env)
+    path.write_text('[auth]\nsecret_file = "auth"\n')
+    with pytest.raises(ConfigError, match=r"auth.secret_file: .*auth is empty"):
+        load_config(path, env=env)
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "cxrelay.toml"
+    path.write_bytes(b"[[camera]]\nname = 'caf\xe9'\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 22\)"):
+        load_config(path)
+
+
+def test_a_directory_is_not_a_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+
+
+def test_a_file_changing_while_read_is_refused(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rewritten in place while read (its size differs after the read):
+    read again, and refused if it never settles."""
+    path = write(tmp_path, GOOD)
+    real_stat = os.stat
+    growing = iter(range(1, 1000))
+
+    def stat_while_written(p: Any, *args: Any, **kwargs: Any) -> Any:
+        result = real_stat(p, *args, **kwargs)
+        if str(p) == str(path):
+            fields = list(result)
+            fields[6] += next(growing)  # st_size: someone is still appending
+            return os.stat_result(fields)
+        return result
+
+    monkeypatch.setattr(config_module.os, "stat", stat_while_written)
+    monkeypatch.setattr(config_module, "READ_RETRY_DELAY", 0)
+    with pytest.raises(ConfigError, match="changed while it was being read"):
+        load_config(path, env={"LOBBY_PW": "x"})
+    # Once it settles (here: at the second look), it loads.
+    settles = iter([True])
+
+    def stat_settling(p: Any, *args: Any, **kwargs: Any) -> Any:
+        result = real_stat(p, *args, **kwargs)
+        if str(p) == str(path) and next(settles, False):
+            fields = list(result)
+            fields[6] += 1
+            return os.stat_result(fields)
+        return result
+
+    monkeypatch.setattr(config_module.os, "stat", stat_settling)
+    assert len(load_config(path, env={"LOBBY_PW": "x"}).cameras) == 2
+
+
+def test_no_cameras_is_an_error_unless_allowed(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nport = 8081\n")
+    config = load_config(path)  # a valid file ...
+    with pytest.raises(ConfigError) as info:
+        require_cameras(config)  # ... but no cameras
+    assert str(info.value) == (f"{path}: no cameras: add a [[camera]] table, or set "
+                               "[server] allow_no_cameras = true to run without any")
+    path.write_text("[server]\nallow_no_cameras = true\n")
+    assert require_cameras(load_config(path)).cameras == ()
+
+
+def test_new_keys_parse() -> None:
+    config = parse_config({"server": {"allowed_hosts": ["cams.example.com", "*.example.net"],
+                                       "max_handshakes": 10, "max_handshakes_per_client": 0,
+                                       "allow_no_cameras": True},
+                           "auth": {"max_token_ttl": 3600, "metrics_token": "m" * 16}}, env={})
+    assert config.server.allowed_hosts == ("cams.example.com", "*.example.net")
+    assert (config.server.max_handshakes, config.server.max_handshakes_per_client) == (10, 0)
+    assert config.auth.max_token_ttl == 3600.0
+    assert "m" * 16 in config.secrets() and "m" * 16 not in repr(config.auth)

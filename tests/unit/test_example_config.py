@@ -25,7 +25,7 @@ from cxrelay.config import (
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cxrelay.toml"
 SECTIONS = {"server": ServerConfig, "log": LogConfig, "auth": AuthConfig, "camera": CameraConfig}
 # Secrets are written as key, key_env or key_file; the dataclass holds the value.
-SECRET_FORMS = {"auth": {"secret"}, "camera": {"password"}}
+SECRET_FORMS = {"auth": {"secret", "metrics_token"}, "camera": {"password"}}
 SECRETS = {"CXRELAY_YARD_PASSWORD": "yard pa$$word"}
 LOBBY_PASSWORD = "lobby-secret"
 
@@ -150,3 +150,22 @@ def test_documented_secret_length_is_the_one_checked() -> None:
     assert parse_config({"auth": {"secret": "s" * stated}}, env={}).auth.secret
     with pytest.raises(ConfigError, match="too short"):
         parse_config({"auth": {"secret": "s" * (stated - 1)}}, env={})
+
+
+def test_operations_guide_quotes_log_lines_the_code_writes() -> None:
+    """Every log event docs/operations.md names in its Logs section, and every
+    message its reload section quotes, is one the code writes (a guide that
+    quotes a line nobody prints sends an operator grepping for nothing)."""
+    guide = (EXAMPLE.parents[1] / "docs" / "operations.md").read_text()
+    code = "\n".join(p.read_text() for p in (EXAMPLE.parents[1] / "cxrelay").rglob("*.py"))
+    logs = " ".join(guide[guide.index("The ones worth knowing:"):
+                          guide.index("Set `--log-level")].split())
+    events = {e for e in re.findall(r"`([a-z][^`]*)`", logs) if "_" not in e}  # not fields
+    reload = guide[guide.index("## Reloading"):guide.index("## On-demand cameras")]
+    quoted = {q for q in re.findall(r"`([a-z][a-z ,:]+[a-z])`", " ".join(reload.split()))
+              if " " in q and not q.startswith(("systemctl", "kill", "cxrelay", "allow_"))}
+    assert len(events) > 15 and len(quoted) > 4, (events, quoted)
+    missing = sorted(e for e in events if f'"{e}"' not in code)
+    assert not missing, f"events named in docs/operations.md that no code logs: {missing}"
+    missing = sorted(q for q in quoted if q not in code)
+    assert not missing, f"messages quoted in docs/operations.md that no code writes: {missing}"

@@ -11,19 +11,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from cxrelay.app import Relay
 from cxrelay.config import CameraConfig, Config, ServerConfig
 
 STATIC = Path(__file__).resolve().parents[2] / "cxrelay" / "static"
 STATIC_BODIES = {p.read_bytes() for p in STATIC.iterdir() if p.is_file()}
+T = TypeVar("T")
 REQUEST_TIMEOUT = 10.0  # a hang detector, not a speed assertion
 
 
@@ -34,24 +37,38 @@ class Reply:
     body: bytes
 
 
-async def send(port: int, raw: bytes) -> Reply:
-    """Send raw bytes, read one response (head, then Content-Length bytes)."""
+async def talk(port: int, raw: bytes, read: Callable[[asyncio.StreamReader], Awaitable[T]]) -> T:
+    """Send raw bytes; what ``read`` makes of the answer."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         async with asyncio.timeout(REQUEST_TIMEOUT):
             writer.write(raw)
             await writer.drain()
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionResetError):
-                return Reply(None, b"", b"")
-            status = int(head.split(b" ", 2)[1])
-            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), 0)
-            body = await reader.readexactly(length) if status != 101 else b""
-            return Reply(status, head, body)
+            return await read(reader)
     finally:
         writer.close()
+
+
+async def one_reply(reader: asyncio.StreamReader) -> Reply:
+    """One response: head, then Content-Length bytes."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionResetError):
+        return Reply(None, b"", b"")
+    status = int(head.split(b" ", 2)[1])
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    body = await reader.readexactly(length) if status != 101 else b""
+    return Reply(status, head, body)
+
+
+async def send(port: int, raw: bytes) -> Reply:
+    return await talk(port, raw, one_reply)
+
+
+async def exchange(port: int, raw: bytes) -> bytes:
+    """Everything the server sends back until it closes."""
+    return await talk(port, raw, lambda reader: reader.read())
 
 
 def get(target: bytes, headers: bytes = b"Host: 127.0.0.1\r\n") -> bytes:
@@ -267,3 +284,103 @@ async def test_healthy_after_a_barrage(relay: Relay) -> None:
     replies = await asyncio.gather(*(send(port, get(t)) for t in HOSTILE * 3))
     assert {r.status for r in replies} == {404}
     await assert_healthy(port)
+
+
+# --- issue 14: duplicate headers, methods, pipelining -----------------------------------------
+
+UPGRADE = (b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+def header(answer: bytes, name: bytes) -> bytes | None:
+    head = answer.partition(b"\r\n\r\n")[0]
+    return next((line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")[1:]
+                 if line.lower().startswith(name.lower() + b":")), None)
+
+
+@pytest.mark.parametrize("name", [b"Origin", b"Host", b"X-Forwarded-Proto"])
+@pytest.mark.parametrize("upgrade", [True, False], ids=["upgrade", "verdict"])
+async def test_duplicate_headers_get_400_and_one_log_line(relay: Relay, name: bytes,
+                                                          upgrade: bool) -> None:
+    values = {b"Origin": (b"http://127.0.0.1", b"http://evil.example.com"),
+              b"Host": (b"127.0.0.1", b"evil.example.com"),
+              b"X-Forwarded-Proto": (b"https", b"http")}[name]
+    lines = b"".join(name + b": " + v + b"\r\n" for v in values)
+    if name != b"Host":
+        lines = b"Host: 127.0.0.1\r\n" + lines
+    with capture_logs() as logs:
+        answer = await send(port_of(relay), get(b"/ws/demo", lines + (UPGRADE if upgrade else b"")))
+    assert answer.status == 400, answer.head
+    assert answer.body == b"duplicate " + name + b" header\n"
+    refusals = [e for e in logs if e["log_level"] in ("info", "warning", "error")]
+    assert [(e["event"], e["reason"]) for e in refusals] == \
+        [("request refused", f"duplicate {name.decode()} header")]
+    # (the fixture asserts that websockets logged no error: no traceback)
+
+
+@pytest.mark.parametrize("method", [b"DELETE", b"TRACE", b"PUT", b"OPTIONS", b"PATCH",
+                                    b"CONNECT", b"BREW"])
+@pytest.mark.parametrize("target", [b"/healthz", b"/ws/demo", b"/cxrelay.js", b"/nope"])
+async def test_other_methods_get_405(relay: Relay, method: bytes, target: bytes) -> None:
+    raw = method + b" " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + UPGRADE + b"\r\n"
+    answer = await exchange(port_of(relay), raw)
+    assert status_of(answer) == 405, answer[:200]
+    assert header(answer, b"Allow") == b"GET, HEAD"
+    assert answer.endswith(b"not allowed: this server answers GET and HEAD\n")
+
+
+async def test_a_request_with_a_body_gets_405_not_silence(relay: Relay) -> None:
+    """websockets' own parser drops a request with a body without a word."""
+    answer = await exchange(port_of(relay), b"POST /api/cameras HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                            b"Content-Length: 5\r\n\r\nhello")
+    assert status_of(answer) == 405, answer[:200]
+
+
+@pytest.mark.parametrize("target", [b"/healthz", b"/cxrelay.js", b"/", b"/api/cameras",
+                                    b"/metrics", b"/nope", b"/ws/demo", b"/ws/nocamera"])
+async def test_head_answers_like_get_without_a_body(relay: Relay, target: bytes) -> None:
+    port = port_of(relay)
+    got = await exchange(port, get(target))
+    headed = await exchange(port, b"HEAD" + get(target)[3:])
+    body = headed.partition(b"\r\n\r\n")[2]
+    assert body == b"", body[:100]
+    assert status_of(headed) == status_of(got)
+    assert header(headed, b"Content-Type") == header(got, b"Content-Type")
+    length = header(headed, b"Content-Length")
+    assert length is not None
+    if target not in (b"/healthz", b"/metrics"):  # those change between two requests
+        assert length == header(got, b"Content-Length")
+
+
+async def test_head_never_upgrades(relay: Relay) -> None:
+    answer = await exchange(port_of(relay), b"HEAD /ws/demo HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                            + UPGRADE + b"\r\n")
+    assert status_of(answer) == 426, answer[:200]  # the verdict: would be admitted
+    assert answer.endswith(b"\r\n\r\n")
+
+
+async def test_pipelined_requests_get_the_first_answer_then_a_clean_close(relay: Relay) -> None:
+    """One request per connection: the first is answered whole (its
+    Connection: close says the rest won't be), and nothing goes wrong."""
+    answer = await exchange(port_of(relay), get(b"/healthz") + get(b"/cxrelay.js") +
+                            get(b"/api/cameras"))
+    assert status_of(answer) == 200, answer[:200]
+    assert header(answer, b"Connection") == b"close"
+    body = answer.partition(b"\r\n\r\n")[2]
+    assert json.loads(body)["status"] == "ok"  # one whole answer, and only that one
+    assert answer.count(b"HTTP/1.1 ") == 1
+
+
+async def test_frames_sent_right_after_the_upgrade_are_kept(relay: Relay) -> None:
+    """What follows the head of an upgrade is the WebSocket's own: once
+    upgraded, websockets gets it (here: a close frame, answered in kind)."""
+    mask = b"\x01\x02\x03\x04"
+    close = b"\x88\x82" + mask + bytes(b ^ m for b, m in zip(b"\x03\xe8", mask[:2], strict=True))
+    answer = await exchange(port_of(relay), get(b"/ws/demo", b"Host: 127.0.0.1\r\n" + UPGRADE)
+                            + close)
+    assert status_of(answer) == 101
+    assert b"\x88\x02\x03\xe8" in answer.partition(b"\r\n\r\n")[2]  # close 1000, answered
