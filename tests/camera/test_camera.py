@@ -27,7 +27,12 @@ def nal_types(unit: bytes) -> list[int]:
 
 def stamps_of(capture: Capture) -> list[tuple[int, int]]:
     found = [find_stamp(unit) for unit in capture.packets]
-    assert None not in found, "every access unit carries a stamp"
+    # A reader that joins a running stream may first get a unit
+    # from before its first whole picture (FFmpeg hands it over stampless);
+    # from the first whole picture on, every one carries a stamp.
+    while found and found[0] is None:
+        found.pop(0)
+    assert found and None not in found, "every access unit carries a stamp"
     return [stamp for stamp in found if stamp is not None]
 
 

@@ -13,7 +13,7 @@ import pytest
 from cxrelay.config import CameraConfig
 from cxrelay.h264 import split_annexb
 from cxrelay.h265 import IRAP, NAL_PPS, NAL_SPS, NAL_VPS, nal_type, parse_sps
-from cxrelay.protocol import FLAG_KEYFRAME, Frame
+from cxrelay.protocol import FLAG_DISCONTINUITY, FLAG_KEYFRAME, Frame
 from tests.camera.harness import read_packets
 from tests.camera.stamp import count_slices, find_stamp, find_stamps
 from tests.integration.test_relay_rtsp import first_live_frames
@@ -59,13 +59,23 @@ async def test_h265_camera_is_relayed_picture_by_picture_unchanged(rtsp_camera) 
                              if nal_type(n) == NAL_SPS))
         assert sps.codec == init["codec"]
         assert_keyframes_carry_parameter_sets(frames)
-        # One message, one whole picture: both slices, one stamp, every picture in order.
+        # One message, one whole picture: both slices, one stamp, every picture in
+        # order. A gap is allowed only where the relay says so: on a busy machine
+        # this in-process viewer can fall behind and be cut back to a keyframe,
+        # which then carries the discontinuity flag (protocol v1's contract).
         counters = []
         for frame in frames:
             assert count_slices(frame.payload, "h265") == 2
             (stamp,) = find_stamps(frame.payload)
             counters.append(stamp[1])
-        assert counters == list(range(counters[0], counters[0] + len(counters)))
+        resumed = 0
+        for (a, _), (b, frame) in itertools.pairwise(zip(counters, frames, strict=True)):
+            if b != a + 1:
+                assert b > a, f"picture {b} after {a}: out of order or repeated"
+                assert frame.flags & FLAG_DISCONTINUITY and frame.flags & FLAG_KEYFRAME, \
+                    f"picture {b} after {a}: a gap the relay did not flag"
+                resumed += 1
+        assert resumed <= 3, f"{resumed} gaps in {len(frames)} pictures"
         assert all(a.pts_us != b.pts_us for a, b in itertools.pairwise(frames))
         # Byte for byte the camera's NAL units (the relay writes 4-byte start codes).
         camera_units = {find_stamp(unit)[1]: split_annexb(unit) for unit in capture.packets}
