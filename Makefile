@@ -53,9 +53,10 @@ system-deps:
 
 python-deps: $(INSTALLED_TEST)
 
-# npm packages for the browser tests (puppeteer-core), from package.json; its install
-# step goes here.
+# npm packages for the browser tests (puppeteer-core), exactly as package-lock.json says;
+# never a browser download.
 node-deps:
+	PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund
 
 venv: $(VENV)/bin/pip
 

@@ -1248,8 +1248,12 @@ class MseOutput {
     } else if (!this._description) return this._skip();
     // Right after the catch-up burst the queue is long and the playhead has yet to jump to the
     // newest picture: that is not falling behind.
+    // Nor is a queue that grows while the video element seeks: WebKit decodes from the keyframe
+    // to get there, seconds into a long GOP, and holds appends meanwhile.
     const ahead = this._jump ? 0 : this._bufferedAhead();
-    if (!frame.key && !frame.catchup && !this._jump && (this._queue.length > 20 || ahead > 3)) {
+    const seeking = this._video.seeking;
+    if (!frame.key && !frame.catchup && !this._jump && !seeking &&
+      (this._queue.length > 20 || ahead > 3)) {
       this._anchor = true; // the video element can't keep up: skip to the next keyframe
       return this._skip();
     }

@@ -1,4 +1,4 @@
-"""How the player feeds WebCodecs, in Debian's chromium: H.264 as an avcC description plus
+"""How the player feeds WebCodecs, in every engine: H.264 as an avcC description plus
 length-prefixed samples (what Safari needs), with bitstream_restriction added to an SPS that
 lacks it when pictures cannot be reordered; and a decoder the browser reclaims is replaced at
 the next keyframe without an error."""
@@ -6,19 +6,23 @@ the next keyframe without an error."""
 from __future__ import annotations
 
 import json
-import re
 import time
-from typing import Any
 from unittest.mock import patch
+
+import pytest
 
 from cxrelay.h264 import syntax
 from cxrelay.h264.bits import BitReader, split_annexb, to_annexb, unescape_rbsp
-from tests.browser.conftest import Daemon
+from tests.browser.conftest import Daemon, FakeRelay, Site
+from tests.browser.engines import Page
+from tests.browser.pages import events, open_player, stats, wait_painted, wait_until
 from tests.recordings import recording
+
+pytestmark = pytest.mark.browser
 
 # Records what the player gives VideoDecoder, and lets the test reclaim a decoder the way a
 # browser does (closed, then its error callback with a QuotaExceededError).
-SPY = """(() => {
+SPY = """() => {
   const Real = VideoDecoder;
   window.decoders = [];
   window.configs = [];
@@ -47,22 +51,20 @@ SPY = """(() => {
       return super.decode(chunk);
     }
   };
-})();"""
+}"""
 
 
-def show(page: Any, daemon: Daemon, camera: str = "demo") -> None:
-    page.add_init_script(SPY)
-    page.route(daemon.url + "/api/cameras", lambda route: route.fulfill(json=[]))
-    page.goto(daemon.url + "/")
-    page.evaluate("""(camera) => {
-      window.errors = [];
-      const el = document.createElement('cxrelay-player');
-      el.setAttribute('camera', camera);
-      el.addEventListener('error', (e) => errors.push(e.detail.message));
-      document.body.prepend(el);
-    }""", camera)
-    if camera == "demo":
-        page.wait_for_function("document.querySelector('cxrelay-player')?.stats.painted >= 3")
+def show(page: Page, site: Site, daemon: Daemon, src: str = "") -> None:
+    """A player of the demo camera (or of the WebSocket `src`), its decoders spied on."""
+    player = (f'<cxrelay-player src="{src}"></cxrelay-player>' if src
+              else '<cxrelay-player camera="demo"></cxrelay-player>')
+    open_player(page, site.secure, daemon.url, player, SPY)
+    if not src:
+        wait_painted(page, 3)
+
+
+def errors(page: Page) -> list[str]:
+    return [e[1] for e in events(page) if e[0] == "error"]
 
 
 def units(sample: list[int]) -> list[list[int]]:
@@ -76,41 +78,42 @@ def units(sample: list[int]) -> list[list[int]]:
     return out
 
 
-def test_h264_goes_in_as_avcc(page: Any, demo: Daemon) -> None:
-    show(page, demo)
-    stats = page.eval_on_selector("cxrelay-player", "el => el.stats")
-    configs = page.evaluate("configs")
+def test_h264_goes_in_as_avcc(page: Page, site: Site, demo: Daemon) -> None:
+    show(page, site, demo)
+    codec = stats(page)["codec"]
+    configs = page.evaluate("() => configs")
     assert configs, "the decoder was never configured"
     config = configs[0]
-    assert config["codec"] == stats["codec"] and config["latency"] is True
+    assert config["codec"] == codec and config["latency"] is True
     avcc = config["description"]
     assert avcc, "no avcC description"
     # version 1, profile/compatibility/level as in the codec string, 4-byte lengths, 1+ SPS
-    assert avcc[0] == 1 and bytes(avcc[1:4]).hex() == stats["codec"].split(".")[1]
+    assert avcc[0] == 1 and bytes(avcc[1:4]).hex() == codec.split(".")[1]
     assert avcc[4] == 0xFF and avcc[5] & 0x1F >= 1
     sps_length = int.from_bytes(bytes(avcc[6:8]), "big")
     assert avcc[8] & 0x1F == 7 and avcc[8 + 1:8 + 4] == avcc[1:4]
     assert avcc[8 + sps_length] >= 1  # PPS count
     assert avcc[8 + sps_length + 3] & 0x1F == 8
     # keyframes: length-prefixed, the parameter sets only in the description, the IDR slice in
-    key = page.evaluate("keyChunks")[0]
+    key = page.evaluate("() => keyChunks")[0]
     types = [unit[0] & 0x1F for unit in units(key)]
     assert 5 in types and 7 not in types and 8 not in types, types
-    assert page.evaluate("errors") == []
+    assert errors(page) == []
 
 
-def test_reclaimed_decoder_is_replaced_at_the_next_keyframe(page: Any, demo: Daemon) -> None:
-    show(page, demo)
-    player = "document.querySelector('cxrelay-player')"
-    page.evaluate("decoders[decoders.length - 1].reclaim()")
-    before = page.evaluate(f"{player}.stats.painted")
+def test_reclaimed_decoder_is_replaced_at_the_next_keyframe(page: Page, site: Site,
+                                                            demo: Daemon) -> None:
+    show(page, site, demo)
+    page.evaluate("() => decoders[decoders.length - 1].reclaim()")
+    before = stats(page)["painted"]
     # the demo camera sends a keyframe every 2 s: a new decoder, configured, painting again
-    page.wait_for_function(f"{player}.stats.painted >= {before} + 10", timeout=15000)
-    assert page.evaluate("decoders.length") == 2
-    assert page.evaluate("decoders[1].state") == "configured"
-    assert page.evaluate("configs.length") >= 2
-    assert page.evaluate(f"{player}.state") == "live"
-    assert page.evaluate("errors") == []  # reclaiming is the browser's right, not a failure
+    page.wait_for("(n) => document.querySelector('cxrelay-player').stats.painted >= n + 10",
+                  before, timeout=20, what="10 more frames painted")
+    assert page.evaluate("() => decoders.length") == 2
+    assert page.evaluate("() => decoders[1].state") == "configured"
+    assert page.evaluate("() => configs.length") >= 2
+    assert page.evaluate("() => document.querySelector('cxrelay-player').state") == "live"
+    assert errors(page) == []  # reclaiming is the browser's right, not a failure
 
 
 # --- bitstream_restriction --------------------------------------------------------------------
@@ -160,63 +163,63 @@ def frames_without_restriction(name: str, monotonic: bool = False) -> tuple[str,
     return rec.meta["codec"], messages
 
 
-def play_fake(page: Any, daemon: Daemon, codec: str, messages: list[bytes]) -> None:
+def play_fake(page: Page, site: Site, daemon: Daemon, fake_relay: FakeRelay, codec: str,
+              messages: list[bytes]) -> None:
     """Plays `messages` from a fake relay to a player, one every 40 ms."""
-    sockets: list[Any] = []
-    page.route_web_socket(re.compile(r".*/ws/fake(\?.*)?$"), lambda ws: sockets.append(ws))
-    show(page, daemon, camera="fake")
-    page.wait_for_function("document.querySelector('cxrelay-player').state !== 'idle'")
-    deadline = time.monotonic() + 10
-    while not sockets and time.monotonic() < deadline:
-        page.wait_for_timeout(50)
+    show(page, site, daemon, src=fake_relay.url)
+    wait_until(lambda: fake_relay.sockets, 10, "the player's socket")
     size = {"avc1.42c01e": (640, 360), "avc1.64001f": (1280, 720)}[codec]
-    sockets[0].send(json.dumps({"type": "init", "protocol": 1, "camera": "fake", "codec": codec,
-                                "width": size[0], "height": size[1]}))
-    sockets[0].send(json.dumps({"type": "status", "state": "live"}))
+    ws = fake_relay.sockets[0]
+    ws.send(json.dumps({"type": "init", "protocol": 1, "camera": "fake", "codec": codec,
+                        "width": size[0], "height": size[1]}))
+    ws.send(json.dumps({"type": "status", "state": "live"}))
     for message in messages:
-        sockets[0].send(message)
-        page.wait_for_timeout(40)
-    page.wait_for_timeout(500)
+        ws.send(message)
+        time.sleep(0.04)
+    time.sleep(0.5)
 
 
-def configured_sps(page: Any) -> list[syntax.Sps]:
+def configured_sps(page: Page) -> list[syntax.Sps]:
     """The first SPS of each avcC the decoder was configured with."""
     out = []
-    for config in page.evaluate("configs"):
+    for config in page.evaluate("() => configs"):
         avcc = bytes(config["description"])
         length = int.from_bytes(avcc[6:8], "big")
         out.append(syntax.parse_sps(avcc[8:8 + length]))
     return out
 
 
-def test_restriction_added_when_pictures_cannot_reorder(page: Any, demo: Daemon) -> None:
+def test_restriction_added_when_pictures_cannot_reorder(page: Page, site: Site, demo: Daemon,
+                                                        fake_relay: FakeRelay) -> None:
     """POC type 2: display order is decode order, so no picture need wait: say so at once."""
     codec, messages = frames_without_restriction("baseline")
-    play_fake(page, demo, codec, messages)
+    play_fake(page, site, demo, fake_relay, codec, messages)
     original = syntax.parse_sps(next(n for n in split_annexb(recording("baseline").units[0])
                                      if n[0] & 0x1F == 7))
     first = configured_sps(page)[0]
     assert first.pic_order_cnt_type == 2 and first.max_num_reorder_frames == 0
     for field in ("codec", "width", "height", "fps", "log2_max_frame_num", "sar"):
         assert getattr(first, field) == getattr(original, field), field
-    # and Chromium decodes with it
-    assert page.eval_on_selector("cxrelay-player", "el => el.stats.painted") >= 30
-    assert page.evaluate("errors") == []
+    # and the engine decodes with it
+    assert stats(page)["painted"] >= 30
+    assert errors(page) == []
 
 
-def test_reordering_stream_keeps_its_sps(page: Any, demo: Daemon) -> None:
+def test_reordering_stream_keeps_its_sps(page: Page, site: Site, demo: Daemon,
+                                         fake_relay: FakeRelay) -> None:
     """B-frames (POC type 0, pts out of order): the SPS stays as the camera sent it."""
     codec, messages = frames_without_restriction("bframes")
-    play_fake(page, demo, codec, messages)
+    play_fake(page, site, demo, fake_relay, codec, messages)
     configs = configured_sps(page)
     assert configs and all(sps.max_num_reorder_frames is None for sps in configs), configs
-    assert page.eval_on_selector("cxrelay-player", "el => el.stats.painted") >= 20
+    assert stats(page)["painted"] >= 20
 
 
-def test_a_gop_in_order_earns_the_restriction(page: Any, demo: Daemon) -> None:
+def test_a_gop_in_order_earns_the_restriction(page: Page, site: Site, demo: Daemon,
+                                              fake_relay: FakeRelay) -> None:
     """POC type 0 could reorder: the player adds the restriction only at the keyframe after a
     whole GOP came in order (here the B-frame recording with pts in decode order)."""
     codec, messages = frames_without_restriction("bframes", monotonic=True)
-    play_fake(page, demo, codec, messages)
+    play_fake(page, site, demo, fake_relay, codec, messages)
     configs = configured_sps(page)
     assert [sps.max_num_reorder_frames for sps in configs] == [None, 0], configs

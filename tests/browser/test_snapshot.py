@@ -1,17 +1,24 @@
-"""player.snapshot(type) in a real browser: a Blob of the picture on screen, on both paths."""
+"""player.snapshot(type) in every engine: a Blob of the picture on screen, on both paths."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from tests.browser.conftest import Daemon
-from tests.browser.test_player import is_picture, open_page, wait_painted, wait_state
+from tests.browser.conftest import Daemon, Site
+from tests.browser.engines import Page
+from tests.browser.pages import (
+    is_picture,
+    open_player,
+    wait_painted,
+    wait_state,
+)
+from tests.browser.test_player import mse_page
+
+pytestmark = pytest.mark.browser
 
 # Takes a snapshot and, in the same task, samples what is on screen (64x36 RGB); then decodes
 # the Blob and samples it the same way. PNG is lossless: the two samples must be the same.
-SNAPSHOT_AND_SCREEN = """async ([sel, type]) => {
+SNAPSHOT_AND_SCREEN = """async (sel, type) => {
   const el = document.querySelector(sel);
   const r = el.shadowRoot;
   const screen = el.stats.mode === 'mse' ? r.querySelector('video') : r.querySelector('canvas');
@@ -30,19 +37,23 @@ SNAPSHOT_AND_SCREEN = """async ([sel, type]) => {
           onScreen, inBlob: sample(image)};
 }"""
 
+PLAYER = '<cxrelay-player camera="demo"></cxrelay-player>'
+
 
 @pytest.mark.parametrize("mode", ["webcodecs", "mse"])
-def test_snapshot_is_the_picture_on_screen(page: Any, demo: Daemon, mode: str) -> None:
+def test_snapshot_is_the_picture_on_screen(page: Page, site: Site, demo: Daemon,
+                                           mode: str) -> None:
     if mode == "mse":
-        page.add_init_script("delete window.VideoDecoder; delete window.VideoFrame;")
-    open_page(page, demo, '<cxrelay-player camera="demo"></cxrelay-player>')
-    wait_state(page, "live", mode=mode)
-    if mode == "mse":
-        page.wait_for_function("""() => document.querySelector('cxrelay-player')
-            .shadowRoot.querySelector('video').readyState >= 2""")
+        mse_page(page, site, demo, PLAYER)
+        wait_state(page, "live", mode=mode)
+        page.wait_for("() => document.querySelector('cxrelay-player')"
+                      ".shadowRoot.querySelector('video').readyState >= 2",
+                      what="a picture in the video element")
     else:
+        open_player(page, site.secure, demo.url, PLAYER)
+        wait_state(page, "live", mode=mode)
         wait_painted(page)
-    shot = page.evaluate(SNAPSHOT_AND_SCREEN, ["cxrelay-player", "image/png"])
+    shot = page.evaluate(SNAPSHOT_AND_SCREEN, "cxrelay-player", "image/png")
     assert shot["type"] == "image/png" and shot["size"] > 1000
     assert (shot["width"], shot["height"]) == (640, 360)  # the stream's size, not the element's
     assert is_picture(shot["inBlob"])
@@ -52,12 +63,12 @@ def test_snapshot_is_the_picture_on_screen(page: Any, demo: Daemon, mode: str) -
     # one task (the compositor presents frames), so there only the still parts must match.
     allowed = len(diffs) // 100 if mode == "webcodecs" else len(diffs) // 3
     assert differ <= allowed, f"{differ} of {len(diffs)} samples differ from the screen"
-    jpeg = page.evaluate(SNAPSHOT_AND_SCREEN, ["cxrelay-player", "image/jpeg"])
+    jpeg = page.evaluate(SNAPSHOT_AND_SCREEN, "cxrelay-player", "image/jpeg")
     assert jpeg["type"] == "image/jpeg" and (jpeg["width"], jpeg["height"]) == (640, 360)
 
 
-def test_snapshot_without_a_picture_rejects(page: Any, demo: Daemon) -> None:
-    open_page(page, demo, '<cxrelay-player camera="nope"></cxrelay-player>')
+def test_snapshot_without_a_picture_rejects(page: Page, site: Site, demo: Daemon) -> None:
+    open_player(page, site.secure, demo.url, '<cxrelay-player camera="nope"></cxrelay-player>')
     wait_state(page, "error")
     message = page.evaluate("""() => document.querySelector('cxrelay-player').snapshot()
         .then(() => 'resolved', (e) => e.message)""")

@@ -1,4 +1,5 @@
-"""The store wall in a real browser (Debian's headless chromium) against the real daemon and
+"""The store wall in a real browser (Debian's headless chromium only, for now: these tests use
+Playwright's keyboard, locators and socket frames; see chromium_only.py) against the real daemon and
 real RTSP cameras (issue 10): sub-streams picked by tile size, switches without a black or
 broken picture, stills, focus and return, and what players report back.
 
@@ -17,10 +18,15 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import Daemon, running, wait_until
-from tests.browser.test_player import open_page, wait_state
+from tests.browser.chromium_only import open_page, wait_state, wait_until
+from tests.browser.conftest import Daemon, running
 
-pytestmark = pytest.mark.rtsp
+pytestmark = [pytest.mark.rtsp, pytest.mark.browser]
+
+
+@pytest.fixture
+def page(chromium_page: Any) -> Any:
+    return chromium_page
 
 # Every animation frame, reads the picture number drawn into the player's canvas (the blocks of
 # tests/camera/stamp.py: a 1010 marker, then 24 bits, each block 1/40 of the width) and what
