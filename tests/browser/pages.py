@@ -127,6 +127,23 @@ def wait_painted(page: Page, frames: int = 3, selector: str = "cxrelay-player",
                   timeout=timeout, what=f"{frames} frames painted")
 
 
+VIDEO_JS = """(s) => { const el = document.querySelector(s);
+  const v = el.shadowRoot.querySelector('video'), b = v.buffered;
+  return {readyState: v.readyState, paused: v.paused, seeking: v.seeking,
+          currentTime: v.currentTime, buffered: b.length ? [b.start(0), b.end(b.length - 1)] : [],
+          error: v.error && v.error.message, state: el.state, stats: el.stats}; }"""
+
+
+def wait_video_playing(page: Page, selector: str = "cxrelay-player", timeout: float = 20) -> None:
+    """The MSE path's video element has a picture and plays."""
+    try:
+        page.wait_for("(s) => { const v = document.querySelector(s).shadowRoot"
+                      ".querySelector('video'); return v.readyState >= 2 && !v.paused; }",
+                      selector, timeout=timeout, what="the video element playing")
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {page.evaluate(VIDEO_JS, selector)}") from None
+
+
 def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     while True:

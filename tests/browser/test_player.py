@@ -21,6 +21,7 @@ from websockets.sync.server import ServerConnection
 from tests.browser.conftest import ROOT, Daemon, FakeRelay, Site
 from tests.browser.engines import Page
 from tests.browser.pages import (
+    ADD_PLAYERS_JS,
     SNAPSHOT_JS,
     assert_moving_picture,
     changed,
@@ -33,6 +34,7 @@ from tests.browser.pages import (
     wait_painted,
     wait_state,
     wait_until,
+    wait_video_playing,
 )
 
 pytestmark = pytest.mark.browser
@@ -444,15 +446,17 @@ WINDOW_JS = """(s) => { const el = document.querySelector(s); const st = el.stat
   return [st.painted, st.dropped, st.decoded, st.mode]; }"""
 
 
-def assert_keeps_playing(page: Page, seconds: float = 3.0) -> list[list[Any]]:
-    """Samples the player every 0.5 s: it painted new frames in (nearly) every interval, and
-    skipped far fewer than a skip to the next keyframe (4+ s away) would."""
+def assert_keeps_playing(page: Page, seconds: float = 5.0) -> list[list[Any]]:
+    """Samples the player every 0.5 s for `seconds`. A catch-up burst taken for falling behind
+    skips every frame up to the next keyframe, 4+ s away: 25+ frames dropped a second and no
+    new picture for 8+ intervals. A loaded machine may stall a seek for a second or two (WebKit
+    decodes from the keyframe to get there), which this allows, but no more."""
     samples = []
     for _ in range(int(seconds / 0.5) + 1):
         samples.append(page.evaluate(WINDOW_JS, "cxrelay-player"))
         time.sleep(0.5)
     progressed = sum(1 for a, b in itertools.pairwise(samples) if b[0] > a[0])
-    assert progressed >= len(samples) - 2, samples
+    assert progressed >= (len(samples) - 1) * 0.6, samples
     assert samples[-1][1] - samples[0][1] < 25, samples
     return samples
 
@@ -471,12 +475,16 @@ def test_rtsp_camera_joins_mid_gop_over_webcodecs(page: Page, site: Site,
 
 
 def test_rtsp_camera_joins_mid_gop_over_mse(page: Page, site: Site, rtsp_relay: Daemon) -> None:
-    catchup = join_mid_gop(rtsp_relay)
-    mse_page(page, site, rtsp_relay, PLAYER.format(camera="cam"))
-    wait_state(page, "live", mode="mse")
-    page.wait_for("""() => { const v = document.querySelector('cxrelay-player')
-        .shadowRoot.querySelector('video'); return v.readyState >= 2 && !v.paused; }""",
-                  what="the video element playing")
-    assert_moving_picture(page)
-    samples = assert_keeps_playing(page)
-    print(f"{page.engine}: joined after {catchup} catch-up frames; painted/dropped: {samples}")
+    """Three joins, each by a new player: whether the burst looks like lag to the MSE path has
+    depended on how its appends and the socket's messages interleave."""
+    mse_page(page, site, rtsp_relay, "")
+    for join in range(3):
+        catchup = join_mid_gop(rtsp_relay)
+        page.evaluate(ADD_PLAYERS_JS, PLAYER.format(camera="cam"))
+        wait_state(page, "live", mode="mse")
+        wait_video_playing(page)
+        assert_moving_picture(page)
+        samples = assert_keeps_playing(page, 3.0)
+        print(f"{page.engine}: join {join} after {catchup} catch-up frames; "
+              f"painted/dropped: {samples}")
+        page.evaluate("() => document.getElementById('test').remove()")
