@@ -264,9 +264,7 @@ def test_unsupported_codec_shows_a_message(page: Page, site: Site, demo: Daemon,
     assert box[0] > 200 and box[1] > 100 and box[2] != "none", box
 
 
-@pytest.mark.xfail_in(firefox_webcodecs="Firefox 153's VideoDecoder takes undecodable H.264 "
-                      "without an error and without output, so the player has nothing to report",
-                      webkit_mse="WebKitGTK 2.50's MSE takes undecodable H.264 without an error "
+@pytest.mark.xfail_in(webkit_mse="WebKitGTK 2.50's MSE takes undecodable H.264 without an error "
                       "from the SourceBuffer or the video element, so the player has nothing to "
                       "report")
 @pytest.mark.parametrize("mode", ["webcodecs", "mse"])
@@ -442,49 +440,52 @@ def join_mid_gop(relay: Daemon) -> int:
         time.sleep((250 - catchup) / 25 + 2.2)  # past the next keyframe, and 2 s more
 
 
-WINDOW_JS = """(s) => { const el = document.querySelector(s); const st = el.stats;
-  return [st.painted, st.dropped, st.decoded, st.mode]; }"""
-
-
-def assert_keeps_playing(page: Page, seconds: float = 5.0) -> list[list[Any]]:
-    """Samples the player every 0.5 s for `seconds`. A catch-up burst taken for falling behind
-    skips every frame up to the next keyframe, 4+ s away: 25+ frames dropped a second and no
-    new picture for 8+ intervals. A loaded machine may stall a seek for a second or two (WebKit
-    decodes from the keyframe to get there), which this allows, but no more."""
-    samples = []
+def keeps_playing(page: Page, seconds: float = 3.0) -> tuple[bool, list[bool], list[int]]:
+    """Samples the player's picture and skip count every 0.5 s for `seconds`. A catch-up burst
+    taken for falling behind skips every frame up to the next keyframe, 4+ s away: 25+ frames
+    dropped a second and the same picture from then on. A loaded machine may stall a seek for a
+    second (WebKit decodes from the keyframe to get there), which this allows. (Pixels, not
+    stats.painted: WebKit's MSE frame counts restart at each seek.)"""
+    pictures, dropped = [], []
     for _ in range(int(seconds / 0.5) + 1):
-        samples.append(page.evaluate(WINDOW_JS, "cxrelay-player"))
+        pictures.append(snapshot(page))
+        dropped.append(stats(page)["dropped"])
         time.sleep(0.5)
-    progressed = sum(1 for a, b in itertools.pairwise(samples) if b[0] > a[0])
-    assert progressed >= (len(samples) - 1) * 0.6, samples
-    assert samples[-1][1] - samples[0][1] < 25, samples
-    return samples
+    moved = [changed(a, b) > 5 for a, b in itertools.pairwise(pictures)]
+    clean = sum(moved) >= len(moved) * 0.6 and dropped[-1] - dropped[0] < 25
+    return clean, moved, dropped
+
+
+def assert_joins_mid_gop(page: Page, site: Site, relay: Daemon, mode: str) -> None:
+    """Three joins 2-6 s into a 10 s GOP, each by a new player, must (nearly) all go on playing.
+    A player that takes the burst for lag does so on most joins; a loaded machine can make the
+    player skip for real once in a while (a decoder 240 ms behind), so one join of three may."""
+    if mode == "webcodecs":
+        open_player(page, site.secure, relay.url, "")
+    else:
+        mse_page(page, site, relay, "")
+    results = []
+    for _ in range(3):
+        catchup = join_mid_gop(relay)
+        page.evaluate(ADD_PLAYERS_JS, PLAYER.format(camera="cam"))
+        wait_state(page, "live", mode=mode)
+        if mode == "mse":
+            wait_video_playing(page)
+        wait_painted(page)
+        # the first picture needed the catch-up decoded first: nothing waited for a keyframe
+        assert stats(page)["decoded"] >= 40 or mode == "mse"
+        assert_moving_picture(page)
+        clean, moved, dropped = keeps_playing(page)
+        results.append((catchup, clean, moved, dropped))
+        page.evaluate("() => document.getElementById('test').remove()")
+    print(f"{page.engine} {mode}: (catch-up frames, clean, picture moved, dropped) {results}")
+    assert sum(clean for _, clean, _, _ in results) >= 2, results
 
 
 def test_rtsp_camera_joins_mid_gop_over_webcodecs(page: Page, site: Site,
                                                   rtsp_relay: Daemon) -> None:
-    catchup = join_mid_gop(rtsp_relay)
-    open_player(page, site.secure, rtsp_relay.url, PLAYER.format(camera="cam"))
-    wait_state(page, "live", mode="webcodecs")
-    wait_painted(page)
-    # the catch-up frames got it going: the first pictures needed them decoded first
-    assert stats(page)["decoded"] >= 40
-    assert_moving_picture(page)
-    samples = assert_keeps_playing(page)
-    print(f"{page.engine}: joined after {catchup} catch-up frames; painted/dropped: {samples}")
+    assert_joins_mid_gop(page, site, rtsp_relay, "webcodecs")
 
 
 def test_rtsp_camera_joins_mid_gop_over_mse(page: Page, site: Site, rtsp_relay: Daemon) -> None:
-    """Three joins, each by a new player: whether the burst looks like lag to the MSE path has
-    depended on how its appends and the socket's messages interleave."""
-    mse_page(page, site, rtsp_relay, "")
-    for join in range(3):
-        catchup = join_mid_gop(rtsp_relay)
-        page.evaluate(ADD_PLAYERS_JS, PLAYER.format(camera="cam"))
-        wait_state(page, "live", mode="mse")
-        wait_video_playing(page)
-        assert_moving_picture(page)
-        samples = assert_keeps_playing(page, 3.0)
-        print(f"{page.engine}: join {join} after {catchup} catch-up frames; "
-              f"painted/dropped: {samples}")
-        page.evaluate("() => document.getElementById('test').remove()")
+    assert_joins_mid_gop(page, site, rtsp_relay, "mse")
