@@ -12,7 +12,6 @@ import itertools
 import json
 import re
 import time
-from typing import Any
 
 import pytest
 from websockets.sync.client import connect

@@ -11,6 +11,7 @@ from tests.browser.pages import (
     open_player,
     wait_painted,
     wait_state,
+    wait_video_playing,
 )
 from tests.browser.test_player import mse_page
 
@@ -46,9 +47,7 @@ def test_snapshot_is_the_picture_on_screen(page: Page, site: Site, demo: Daemon,
     if mode == "mse":
         mse_page(page, site, demo, PLAYER)
         wait_state(page, "live", mode=mode)
-        page.wait_for("() => document.querySelector('cxrelay-player')"
-                      ".shadowRoot.querySelector('video').readyState >= 2",
-                      what="a picture in the video element")
+        wait_video_playing(page)
     else:
         open_player(page, site.secure, demo.url, PLAYER)
         wait_state(page, "live", mode=mode)
