@@ -7,6 +7,7 @@ import pytest
 from tests.browser.conftest import Daemon, Site
 from tests.browser.engines import Page
 from tests.browser.pages import (
+    assert_moving_picture,
     is_picture,
     open_player,
     wait_painted,
@@ -52,6 +53,8 @@ def test_snapshot_is_the_picture_on_screen(page: Page, site: Site, demo: Daemon,
         open_player(page, site.secure, demo.url, PLAYER)
         wait_state(page, "live", mode=mode)
         wait_painted(page)
+    # a picture on screen first (WebKit's video can be black for a moment after its seek)
+    assert_moving_picture(page)
     shot = page.evaluate(SNAPSHOT_AND_SCREEN, "cxrelay-player", "image/png")
     assert shot["type"] == "image/png" and shot["size"] > 1000
     assert (shot["width"], shot["height"]) == (640, 360)  # the stream's size, not the element's
