@@ -178,6 +178,11 @@ export class CxrelayPlayer extends HTMLElement {
     this._held = [];
     /** @type {boolean} the stream can't be played: the message covers the picture */
     this._unplayable = false;
+    /**
+     * @type {string} why this stream plays and not the other one, e.g. 'playing the H.264 sub
+     *     stream: this browser can't decode H.265 (hvc1.1.6.L93.B0)'; the reason while live
+     */
+    this._note = '';
     /** @type {number} outputs that broke on this connection: after 3, give up until an init */
     this._failures = 0;
 
@@ -416,15 +421,18 @@ export class CxrelayPlayer extends HTMLElement {
 
   // The stream to watch: the attribute's, or for 'auto' the smallest playable one whose height
   // covers ours in device pixels (else the largest). A stream the relay has not pulled yet has
-  // no size: a main stream is taken as the largest, a sub-stream as SUB_GUESS_HEIGHT.
+  // no size: a main stream is taken as the largest, a sub-stream as SUB_GUESS_HEIGHT. The
+  // attribute's stream too gives way to a playable one when this browser can't decode it (an
+  // H.265 main stream's H.264 sub-stream).
   _pick() {
     const wanted = this.getAttribute('stream');
-    if (wanted === 'main' || wanted === 'sub') return wanted;
     const need = this.getBoundingClientRect().height * (self.devicePixelRatio || 1);
     const height = (s) => s.height || (s.name === 'main' ? Infinity : SUB_GUESS_HEIGHT);
     const streams = this._streams
       .filter((s) => !s.codec || this._playable.get(s.codec) !== false)
       .sort((a, b) => height(a) - height(b));
+    if ((wanted === 'main' || wanted === 'sub') &&
+      (!streams.length || streams.some((s) => s.name === wanted))) return wanted;
     if (!streams.length) return need > SUB_GUESS_HEIGHT ? 'main' : 'sub';
     return (streams.find((s) => height(s) >= need) || streams[streams.length - 1]).name;
   }
@@ -671,7 +679,7 @@ export class CxrelayPlayer extends HTMLElement {
     else if (message.type === 'pong') this._onPong(message);
     else if (message.type === 'status') {
       this._relayStatus = message;
-      if (!this._unplayable) this._setState(message.state, message.reason || '');
+      if (!this._unplayable) this._setState(message.state, message.reason || this._note);
     }
   }
 
@@ -707,16 +715,26 @@ export class CxrelayPlayer extends HTMLElement {
     this._unplayable = false;
     this._message.hidden = true;
     if (codec) this._playable.set(codec, !!Output);
+    const lost = this._streams.find((s) => s.codec && this._playable.get(s.codec) === false);
+    const name = codecName(codec);
+    this._note = Output && lost
+      ? `playing the ${syntaxOf(codec)?.name || codec} ${this._stream} stream: this browser can't decode ${
+        codecName(lost.codec)}`
+      : '';
     if (!Output) {
-      const syntax = syntaxOf(codec);
-      const name = syntax ? `${syntax.name} (${codec})` : codec || 'an unknown codec';
-      const message = `This browser can't play this camera's video: it can't decode ${name}.`;
-      this._showUnplayable("can't decode " + name, message);
-      this._error(message);
-      this._repick(); // another of the camera's streams may play
+      // Another of the camera's streams may play (an H.265 main stream's H.264 sub-stream;
+      // a stream not pulled yet has no codec to judge): _repick asks for it at once. The
+      // message is for a camera with none.
+      if (!this._streams.some((s) => s.name !== this._stream && this._playable.get(s.codec) !== false)) {
+        const message = `This browser can't play this camera's video: it can't decode ${name}.`;
+        this._showUnplayable("can't decode " + name, message);
+        this._error(message);
+      }
+      this._repick();
     } else {
       const status = this._relayStatus;
-      if (this._state === 'error') this._setState(status?.state || 'connecting', status?.reason);
+      this._setState(this._state === 'error' ? status?.state || 'connecting' : this._state,
+        status?.reason || this._note);
       const output = (this._output ||= Output === MseOutput
         ? new MseOutput(this._video, (message) => this._outputFailed(message))
         : new WebCodecsOutput(this._canvas, (message) => this._error(message)));
@@ -1411,6 +1429,9 @@ const AVC = { type: (unit) => unit[0] & 31, sets: [7, 8], config: avcConfig, ent
 /** @type {Syntax} */
 const HEVC = { type: (unit) => (unit[0] >> 1) & 63, sets: [32, 33, 34], config: hvcConfig,
   entry: 'hvc1', record: 'hvcC', name: 'H.265' };
+
+/** e.g. 'H.265 (hvc1.1.6.L93.B0)', for people */
+const codecName = (codec) => (syntaxOf(codec) ? `${syntaxOf(codec).name} (${codec})` : codec || 'an unknown codec');
 
 /** @returns {Syntax|null} for an RFC 6381 codec string: H.264 and H.265 only */
 const syntaxOf = (codec) => (/^avc[13]\./.test(codec) ? AVC : /^(hvc1|hev1)\./.test(codec) ? HEVC : null);
