@@ -54,7 +54,7 @@ class Relay:
         self.config = config
         self.reload_config = reload_config
         self.metrics = Metrics()
-        self.loop_lag = LoopLag(self.metrics.loop_lag)
+        self.loop_lag = LoopLag(self.metrics.loop_lag, self.metrics.loop_lag_own)
         self.cameras = Cameras(self.metrics, config.server.viewer_backlog)
         self.server: RelayServer | None = None
         self.started = asyncio.Event()

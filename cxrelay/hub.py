@@ -8,7 +8,9 @@ The hub runs entirely on the event loop. Its source thread hands it whole
 pictures (its ``Ingest`` rejoins and assembles them there); the hub keeps the
 GOP cache and fans frames out: each frame's WebSocket bytes are built once
 (``wire.Outgoing``) and handed to every viewer, which writes them to its socket
-or, if that is backed up, to its own bounded backlog. It never awaits a viewer.
+or, if that is backed up, to its own bounded backlog. It never awaits a viewer,
+and never loops over its viewers itself: frames and control messages go
+through the loop's ``fanout.Fanout`` queue, a few milliseconds at a time.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import structlog
 
 from cxrelay.backlog import Backlog, BacklogLimits
 from cxrelay.config import CameraConfig
+from cxrelay.fanout import Fanout, FrameJob, Job, TextJob
 from cxrelay.gop import GopCache
 from cxrelay.ingest import AccessUnit, IngestResult, StreamParams
 from cxrelay.metrics import Metrics
@@ -36,6 +39,7 @@ from cxrelay.protocol import (
     encode_frame,
     init_message,
     status_message,
+    with_flags,
 )
 from cxrelay.sources import Source, SourceSink, StreamInfo, create_source
 from cxrelay.wire import Outgoing
@@ -125,6 +129,14 @@ class CameraHub:
         self.loop = loop
         self.viewers: set[Subscriber] = set()
         self._motion: set[Subscriber] = set()  # the viewers of every frame, not keyframes only
+        # Fan-out jobs are numbered; a viewer is handed only those made after it joined.
+        self._jobs = 0
+        self._joined: dict[Subscriber, int] = {}
+        self.fanout = Fanout.of(loop)
+        # Ingest times of this hub's frames still waiting in the fan-out queue,
+        # oldest first; past the delay bound the relay itself is behind.
+        self._queued: deque[int] = deque()
+        self._resync = False  # skipping to the next keyframe: the relay was behind
         self._streams = streams or (lambda: [self.size()])
         self.state = CameraState.IDLE
         self.reason: str | None = None
@@ -147,6 +159,7 @@ class CameraHub:
         self._frames_in = metrics.frames_in.labels(camera.name, stream)
         self._bytes_in = metrics.bytes_in.labels(camera.name, stream)
         self._dropped_slow = metrics.frames_dropped.labels("slow_viewer")
+        self._dropped_busy = metrics.frames_dropped.labels("relay_busy")
 
     @property
     def name(self) -> str:
@@ -224,11 +237,13 @@ class CameraHub:
             viewer.join(first, catchup)
             self._motion.add(viewer)
         self.viewers.add(viewer)
+        self._joined[viewer] = self._jobs
         self._viewers_changed()
 
     def detach(self, viewer: Subscriber) -> None:
         self.viewers.discard(viewer)
         self._motion.discard(viewer)
+        self._joined.pop(viewer, None)
         self._viewers_changed()
         if self.camera.on_demand and not self.viewers and self._source is not None:
             self._linger_timer = self.loop.call_later(self.camera.linger, self._linger_expired)
@@ -265,8 +280,7 @@ class CameraHub:
         if state == CameraState.IDLE:
             return  # nobody is watching an idle camera
         message = status_message(state, reason)
-        for viewer in self.viewers:
-            viewer.send_text(message)
+        self._send_text(lambda viewer: message)
 
     def _reset_stream(self) -> None:
         self._gop.clear()
@@ -379,14 +393,53 @@ class CameraHub:
         self._rate.add(unit.ingest_us, len(unit.data))
         if not self.viewers:
             return
+        if self._behind(unit):
+            return
+        if self._resync:  # the first frame after the skip: the viewers' decoders know
+            self._resync = False
+            message = with_flags(message, FLAG_DISCONTINUITY)
         frame = Outgoing.frame(message, keyframe=unit.keyframe)
-        dropped = 0
-        for viewer in self.viewers if unit.keyframe else self._motion:
-            dropped += viewer.send_frame(frame)
+        self._queued.append(unit.ingest_us)
+        self._jobs += 1
+        self.fanout.push(FrameJob(self._jobs, list(self.viewers if unit.keyframe else
+                                                   self._motion),
+                                  self._joined, frame, self._frame_done))
+
+    def _behind(self, unit: AccessUnit) -> bool:
+        """Is the relay itself so far behind (its fan-out queue holding frames
+        older than the delay bound: more viewers than the CPU can serve) that
+        this frame must go? Then every viewer skips to the next keyframe,
+        flagged as a discontinuity, as a slow viewer does on its own."""
+        if self._resync and not unit.keyframe:
+            self._dropped_busy.inc()
+            return True
+        queued = self._queued
+        if not queued or unit.keyframe:
+            return False
+        if unit.ingest_us - queued[0] <= self.limits.max_delay * 1e6:
+            return False
+        if not self._resync:
+            self.log.warning("relay behind, viewers skip to the next keyframe",
+                             queued_frames=len(queued),
+                             behind_ms=(unit.ingest_us - queued[0]) // 1000)
+        self._resync = True
+        self._dropped_busy.inc()
+        return True
+
+    def _frame_done(self, job: Job) -> None:
+        assert isinstance(job, FrameJob)
+        self._queued.popleft()
+        frame = job.frame
         if frame.delivered:  # counted once for every viewer it went straight to
             self.metrics.delivered(len(frame.wire), frame.ingest_us, frame.delivered)
-        if dropped:
-            self._dropped_slow.inc(dropped)
+        if job.dropped:
+            self._dropped_slow.inc(job.dropped)
+
+    def _send_text(self, text_for: Callable[[Subscriber], str]) -> None:
+        """A control message to every viewer, in order with the frames."""
+        if self.viewers:
+            self._jobs += 1
+            self.fanout.push(TextJob(self._jobs, list(self.viewers), self._joined, text_for))
 
     def _new_stream(self, params: StreamParams) -> None:
         """The keyframe about to be published starts a stream with these parameters."""
@@ -399,8 +452,7 @@ class CameraHub:
         self._gop.clear()
         if self.viewers:
             inits = {k: self.init_message(keyframes=k) for k in (False, True)}
-            for viewer in self.viewers:
-                viewer.send_text(inits[viewer not in self._motion])
+            self._send_text(lambda viewer: inits[viewer not in self._motion])
 
     def _on_keyframe(self, unit: AccessUnit) -> None:
         if self._last_keyframe_us is not None:

@@ -3,36 +3,59 @@
 Everything of the relay's runs on one loop, so the longest thing it does at a
 time (a fan-out, a burst of callbacks) is how late any timer fires, and how
 late any viewer's next frame goes out. A timer every ``interval`` records its
-own lateness into a histogram (``cxrelay_loop_lag_seconds``). uvloop's timers
-tick in milliseconds, so lags under a millisecond read as noise.
+own lateness (``cxrelay_loop_lag_seconds``). uvloop's timers tick in
+milliseconds, so lags under a millisecond read as noise.
+
+On a busy machine part of a lag is the process waiting for a CPU, which no
+code of the relay can help. Linux counts that wait per thread
+(/proc/thread-self/schedstat, "run_delay"); what remains is how long the
+relay's own work held the loop (``cxrelay_loop_lag_own_seconds``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 
 from prometheus_client import Histogram
 
 DEFAULT_INTERVAL = 0.05  # often enough to catch a stall of tens of milliseconds
+SCHEDSTAT = "/proc/thread-self/schedstat"
 
 
 class LoopLag:
-    def __init__(self, histogram: Histogram, interval: float = DEFAULT_INTERVAL) -> None:
-        self.histogram = histogram
+    def __init__(self, lag: Histogram, own: Histogram,
+                 interval: float = DEFAULT_INTERVAL) -> None:
+        self.lag = lag
+        self.own = own
         self.interval = interval
         self.worst = 0.0  # since start, for tests and benchmarks
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
+        self._schedstat: int | None = None  # the loop thread's, opened on the loop
+        self._waited_ns = 0
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        with contextlib.suppress(OSError):
+            self._schedstat = os.open(SCHEDSTAT, os.O_RDONLY)
+            self._waited_ns = self._run_delay_ns()
         self._schedule(self._loop.time())
 
     def stop(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        if self._schedstat is not None:
+            os.close(self._schedstat)
+            self._schedstat = None
+
+    def _run_delay_ns(self) -> int:
+        """Nanoseconds this thread has waited, runnable, for a CPU."""
+        assert self._schedstat is not None
+        return int(os.pread(self._schedstat, 64, 0).split()[1])
 
     def _schedule(self, now: float) -> None:
         assert self._loop is not None
@@ -43,6 +66,10 @@ class LoopLag:
         assert self._loop is not None
         now = self._loop.time()
         lag = max(0.0, now - self._due)
-        self.histogram.observe(lag)
+        self.lag.observe(lag)
         self.worst = max(self.worst, lag)
+        if self._schedstat is not None:
+            waited = self._run_delay_ns()
+            self.own.observe(max(0.0, lag - (waited - self._waited_ns) / 1e9))
+            self._waited_ns = waited
         self._schedule(now)

@@ -109,7 +109,11 @@ class Metrics:
         self.snapshot_decode_seconds = Histogram("cxrelay_snapshot_decode_seconds",
                                                  "Time to decode a snapshot's frames",
                                                  buckets=LATENCY_BUCKETS, registry=r)
-        for reason in ("slow_viewer", "gop_cache_overflow", "partial", "corrupt"):
+        self.loop_lag_own = Histogram("cxrelay_loop_lag_own_seconds",
+                                      "The part of the loop's lag not spent waiting for a "
+                                      "CPU: how long the relay's own work held the loop",
+                                      buckets=LOOP_LAG_BUCKETS, registry=r)
+        for reason in ("slow_viewer", "relay_busy", "gop_cache_overflow", "partial", "corrupt"):
             self.frames_dropped.labels(reason)
 
     def _per_stream(self) -> tuple[Counter | Gauge | Histogram, ...]:

@@ -49,6 +49,7 @@ async def test_garbage_from_one_camera_leaves_the_other_untouched() -> None:
             for reason, count in result.drops.items():
                 reported[reason] = reported.get(reason, 0) + count
         hub.source_pictures(source, result)
+        hub.fanout.flush()
 
     bad = CameraHub(CameraConfig("bad", "rtsp://h/bad"), metrics=metrics, loop=loop,
                     source_factory=make_source)

@@ -82,6 +82,7 @@ def feed(hub: CameraHub, source: Any, units: list[bytes], start: int = 0) -> Non
     for i, unit in enumerate(units):
         pts = (start + i) * 40_000
         hub.source_pictures(source, source.ingest.push(unit, pts, 1_000 + pts))
+        hub.fanout.flush()  # the loop runs the fan-out before the next picture comes
 
 
 async def test_viewer_joining_mid_gop_gets_init_status_catchup_then_live(

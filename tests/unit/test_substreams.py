@@ -14,6 +14,7 @@ import pytest
 from cxrelay.backlog import BacklogLimits
 from cxrelay.cameras import Camera, Cameras
 from cxrelay.config import CameraConfig, Config, plan_reload
+from cxrelay.fanout import Fanout
 from cxrelay.metrics import Metrics
 from cxrelay.protocol import FLAG_CATCHUP, Frame, decode_frame
 from cxrelay.viewer import Viewer
@@ -58,6 +59,7 @@ _read: dict[str, int] = {}
 
 async def pumped(viewer: Viewer) -> list[dict[str, Any] | Frame]:
     """What the viewer's peer received since the last call."""
+    Fanout.of(asyncio.get_running_loop()).flush()
     viewer._flush()
     sent = viewer.ws.sent
     new, _read[viewer.id] = sent[_read.get(viewer.id, 0):], len(sent)
