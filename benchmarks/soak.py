@@ -122,12 +122,12 @@ async def steady(port: int, stop: asyncio.Event, tally: Tally, started: float) -
             if isinstance(message, str):
                 continue
             flags, pts_us, ingest_us = HEADER.unpack_from(message)
-            if flags & FLAG_DISCONTINUITY:
-                tally.lost += 1
-            if last is not None:
+            if last is not None:  # (the first frame of a camera just started is flagged too)
                 step = pts_us - last
                 if step != FRAME_US:
                     tally.lost += max(1, step // FRAME_US - 1)
+                elif flags & FLAG_DISCONTINUITY:
+                    tally.lost += 1
             last = pts_us
             tally.frames += 1
             if not flags & FLAG_CATCHUP and tally.frames % 10 == 0:

@@ -22,6 +22,14 @@ answers themselves are server.py's.
 - GET and HEAD only: any other method gets 405 here (websockets' parser
   would drop a request with a body without answering at all).
 
+Why the descriptors must never run out rather than be handled when they do:
+on EMFILE, uvloop (libuv) closes a descriptor it keeps in reserve, accepts
+and at once closes every connection waiting in the backlog (clients see a
+reset, nothing is logged), and reopens the reserve; should that fail, the
+next EMFILE reaches uvloop's listen callback, which closes the listening
+socket for good, silently. asyncio's own loop logs "socket.accept() out of
+system resource" and stops accepting for a second. Neither answers anyone.
+
 A refusal made here is a plain-text response, then a short linger (the
 connection half-closed, what the client sends discarded), so that the client
 reads the answer instead of a reset.
@@ -135,7 +143,8 @@ class Admission:
         self.descriptors = descriptors or Descriptors()
         self.sockets = 0  # connections accepted and not yet closed
         self.live: set[AdmittedConnection] = set()  # connected (past TLS), not yet closed
-        # In their handshake, oldest first (dicts keep their order), since when.
+        # In their handshake and still waiting for their request, oldest first
+        # (dicts keep their order), since when: those that may be cut to make room.
         self.pending: dict[AdmittedConnection, float] = {}
         self.lingering = 0
         self.refused = 0  # since the start, at the accept (for tests and the soak)
@@ -196,7 +205,7 @@ class Admission:
 
     def ended(self, connection: AdmittedConnection) -> None:
         """Its handshake is over (answered, refused, or closed)."""
-        del self.pending[connection]
+        self.pending.pop(connection, None)
         self.handshakes.end(connection.peer)
 
     def note_refusal(self, reason: str, peer: str | None) -> None:
@@ -304,6 +313,9 @@ class AdmittedConnection(RelayConnection):
             return
         cut = end + 4 - len(self._tail)
         self._held = bytearray(data[cut:])
+        # Its request is here: however long the answer takes (a snapshot is
+        # decoded), it is no longer one to cut for room, nor too slow.
+        self.admission.pending.pop(self, None)
         if self._probation is not None:
             self._probation.cancel()
             self._probation = None
