@@ -156,9 +156,15 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1)
 
 
 def assert_moving_picture(page: Page, selector: str = "cxrelay-player") -> None:
-    """A picture (not black), and a different one a moment later."""
-    first = snapshot(page, selector)
-    assert is_picture(first), f"{page.engine}: the player shows no picture: {stats(page, selector)}"
+    """A picture (not black), and a different one a moment later. The first picture may take a
+    moment to reach the screen after the player says it decoded one (WebKit's video element on a
+    loaded machine)."""
+    try:
+        first = wait_until(lambda: (s := snapshot(page, selector)) and is_picture(s) and s,
+                           15, "a picture")
+    except AssertionError:
+        raise AssertionError(f"{page.engine}: the player shows no picture: "
+                             f"{stats(page, selector)}") from None
     second = wait_until(lambda: (s := snapshot(page, selector)) and changed(first, s) > 5 and s,
                    10, f"{page.engine}: the picture to change")
     assert is_picture(second)

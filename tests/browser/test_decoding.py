@@ -200,8 +200,8 @@ def test_restriction_added_when_pictures_cannot_reorder(page: Page, site: Site, 
     assert first.pic_order_cnt_type == 2 and first.max_num_reorder_frames == 0
     for field in ("codec", "width", "height", "fps", "log2_max_frame_num", "sar"):
         assert getattr(first, field) == getattr(original, field), field
-    # and the engine decodes with it
-    assert stats(page)["painted"] >= 30
+    # and the engine decodes with it (decoded, not painted: a loaded machine paints fewer)
+    assert stats(page)["decoded"] >= 30
     assert errors(page) == []
 
 
@@ -212,7 +212,7 @@ def test_reordering_stream_keeps_its_sps(page: Page, site: Site, demo: Daemon,
     play_fake(page, site, demo, fake_relay, codec, messages)
     configs = configured_sps(page)
     assert configs and all(sps.max_num_reorder_frames is None for sps in configs), configs
-    assert stats(page)["painted"] >= 20
+    assert stats(page)["decoded"] >= 20
 
 
 def test_a_gop_in_order_earns_the_restriction(page: Page, site: Site, demo: Daemon,
