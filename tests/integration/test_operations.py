@@ -119,7 +119,7 @@ async def test_on_demand_camera_connects_for_viewers_and_lingers(rtsp_camera) ->
     """No timed asserts: the linger is long enough that a loaded machine rejoins within
     it, and the disconnect is bounded below by the linger (load only delays it)."""
     cam = rtsp_camera()
-    linger = 5.0
+    linger = 10.0
     camera = CameraConfig("od", cam.url, on_demand=True, linger=linger)
     with capture_logs() as logs:
         async with running_relay(make_config([camera])) as relay:
