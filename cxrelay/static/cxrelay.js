@@ -67,6 +67,7 @@ const STATS_SAMPLES = 64; // latencies per stats message, at most (the relay tak
 const PING_EVERY_MS = 15000; // clock offset: one ping, after a first burst of PING_BURST
 const PING_BURST = 3;
 const PING_KEEP = 8; // the offset comes from the shortest round trip of the last few pings
+const LATE_MS = 1000; // a live frame this old on arrival (clocks corrected): skip to a keyframe
 const MediaSourceClass = self.ManagedMediaSource || self.MediaSource;
 const mp4Type = (codec) => `video/mp4; codecs="${codec}"`;
 
@@ -217,6 +218,12 @@ export class CxrelayPlayer extends HTMLElement {
     this._clockOffset = null;
     /** @type {Array<[rtt: number, offset: number]>} the last pings' round trips and offsets */
     this._clockSamples = [];
+    /** @type {number} how wrong _clockOffset may be, ms: half its ping's round trip */
+    this._clockError = 0;
+    /** @type {boolean} live frames arrived late: skipping them up to the next keyframe */
+    this._skipping = false;
+    /** @type {number} frames skipped for arriving late */
+    this._late = 0;
     /** @type {Map<number, number>} ping id -> Date.now() when it was sent */
     this._pings = new Map();
     /** @type {number} the last ping id */
@@ -284,7 +291,7 @@ export class CxrelayPlayer extends HTMLElement {
       fps: stale ? 0 : Math.round(this._fps * 10) / 10,
       bitrate: stale ? 0 : Math.round(this._bitrate),
       decoded: retired.decoded + played.decoded,
-      dropped: retired.dropped + played.dropped,
+      dropped: retired.dropped + played.dropped + this._late,
       painted: retired.painted + played.painted,
       latency: Math.round(played.latency + (this._clockOffset || 0)),
       stream: this._stream || null,
@@ -507,7 +514,9 @@ export class CxrelayPlayer extends HTMLElement {
     const samples = this._clockSamples;
     samples.push([now - sent, pong.time / 1000 - (sent + now) / 2]);
     if (samples.length > PING_KEEP) samples.shift();
-    this._clockOffset = samples.reduce((a, b) => (b[0] < a[0] ? b : a))[1];
+    const [rtt, offset] = samples.reduce((a, b) => (b[0] < a[0] ? b : a));
+    this._clockOffset = offset;
+    this._clockError = rtt / 2;
   }
 
   _report() {
@@ -637,6 +646,7 @@ export class CxrelayPlayer extends HTMLElement {
     this._pingTimer = 0;
     this._pingsSent = 0;
     this._pings.clear();
+    this._skipping = false;
     clearInterval(this._statsTimer);
     this._statsTimer = 0;
   }
@@ -811,6 +821,17 @@ export class CxrelayPlayer extends HTMLElement {
         this._windowFrames = this._windowBytes = 0;
       }
     }
+    // Already late on arrival: this page fell behind (busy, its messages queued). Skipping to
+    // the next keyframe catches up at once, so latency never drifts. (The offset from init is
+    // biased early, never late: a frame is never taken for late for that.)
+    if (!frame.catchup && this._clockOffset !== null &&
+        Date.now() + this._clockOffset - this._clockError - frame.ingest > LATE_MS) {
+      this._skipping = true;
+    }
+    if (this._skipping) {
+      if (!frame.key) return void this._late++;
+      this._skipping = false;
+    }
     output.feed(frame);
   }
 }
@@ -963,6 +984,16 @@ class WebCodecsOutput {
     if (!decoder || decoder.state === 'closed') {
       if (!frame.key) return this._skip();
       decoder = this._decoder = this._newDecoder();
+    }
+    if (frame.key && !frame.catchup && decoder.state === 'configured' &&
+        decoder.decodeQueueSize > DECODE_QUEUE_MAX) {
+      // So far behind that even this keyframe would wait its turn: drop what is queued, start
+      // here (a slow machine plays fewer pictures, never later ones).
+      this._dropped += decoder.decodeQueueSize;
+      decoder.reset();
+      this._ingestOf.clear();
+      this._catchupPts.clear();
+      this._catchingUp = false;
     }
     const syntax = this._syntax;
     let data = frame.data;

@@ -9,9 +9,11 @@ pictures the player paints are read back and checked, not only the absence of er
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +22,7 @@ import pytest
 
 from tests.browser.chromium_only import open_page, wait_state, wait_until
 from tests.browser.conftest import Daemon, running
+from tests.recordings import recording
 
 pytestmark = [pytest.mark.rtsp, pytest.mark.browser]
 
@@ -233,3 +236,53 @@ def test_stale_badge_and_reported_latency(page: Any, relay: Daemon,
         os.kill(sub._process.pid, signal.SIGCONT)
     page.wait_for_function("[...document.querySelectorAll('.stale')].every((s) => s.hidden)",
                            timeout=30000)
+
+
+def send_recording(page: Any, socket: Any, late_ms: float, start: int) -> None:
+    """The recorded stream (60 pictures, keyframes at 0, 25 and 50), at 25 fps, each
+    stamped as received by the relay ``late_ms`` ago."""
+    for i, packet in enumerate(recording("baseline").packets):
+        ingest_us = int((time.time() * 1000 - late_ms) * 1000)
+        header = bytes([1 if packet.keyframe else 0]) + (start + packet.pts).to_bytes(8, "big") \
+            + ingest_us.to_bytes(8, "big")
+        socket.send(header + packet.data)
+        if i % 5 == 4:
+            page.wait_for_timeout(200)
+
+
+def test_late_frames_and_a_slow_decoder_never_let_latency_drift(page: Any, relay: Daemon) -> None:
+    """Frames that arrive already late (a busy page: its messages queued) are skipped up to
+    the next keyframe; a decoder so far behind that a keyframe would queue is reset there.
+    Either way a slow machine shows fewer pictures, never older ones."""
+    sockets: list[Any] = []
+    page.route_web_socket(re.compile(r".*/ws/fake(\?.*)?$"), lambda ws: sockets.append(ws))
+    page.add_init_script("""(() => {
+        const real = Object.getOwnPropertyDescriptor(VideoDecoder.prototype, 'decodeQueueSize');
+        Object.defineProperty(VideoDecoder.prototype, 'decodeQueueSize', {
+            get() { return window.slowDecoder ? 50 : real.get.call(this); } });
+        const reset = VideoDecoder.prototype.reset;
+        window.resets = 0;
+        VideoDecoder.prototype.reset = function () { window.resets++; return reset.call(this); };
+    })();""")
+    open_page(page, relay, '<cxrelay-player camera="fake"></cxrelay-player>')
+    wait_until(lambda: sockets, 5, "the player's socket", page=page)
+    socket = sockets[0]
+    socket.send(json.dumps({"type": "init", "protocol": 1, "camera": "fake",
+                            "codec": "avc1.42c01e", "width": 640, "height": 360,
+                            "stream": "main", "streams": [], "time": int(time.time() * 1e6)}))
+    socket.send(json.dumps({"type": "status", "state": "live"}))
+    send_recording(page, socket, late_ms=0, start=0)  # on time: every picture
+    page.wait_for_function("document.querySelector('cxrelay-player').stats.decoded >= 55")
+    before = stats(page)
+    assert before["dropped"] <= 2, before
+    send_recording(page, socket, late_ms=5000, start=10_000_000)  # 5 s late: keyframes only
+    page.wait_for_timeout(500)
+    late = stats(page)
+    assert late["decoded"] - before["decoded"] <= 3, late  # the three keyframes
+    assert late["dropped"] - before["dropped"] >= 55, late
+    assert page.evaluate("resets") == 0
+    page.evaluate("window.slowDecoder = true")
+    send_recording(page, socket, late_ms=0, start=20_000_000)  # decoder 50 behind: reset
+    page.wait_for_timeout(500)
+    assert page.evaluate("resets") == 3  # at each keyframe
+    assert stats(page)["decoded"] > late["decoded"]
