@@ -59,7 +59,8 @@ from websockets.exceptions import ConnectionClosed
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from fanout import cpu_seconds, pct, rss_mib  # noqa: E402
+from fanout import cpu_times, rss_mib  # noqa: E402
+from snapshot import pct  # noqa: E402
 
 from cxrelay.protocol import FLAG_CATCHUP, FLAG_DISCONTINUITY, HEADER  # noqa: E402
 from tests.support import free_port, stalled_client  # noqa: E402
@@ -252,6 +253,10 @@ async def stalled(port: int, count: int, stop: asyncio.Event, tally: Tally) -> N
 
 
 # --- the relay --------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 def healthz(port: int) -> dict[str, Any]:
