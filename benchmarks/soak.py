@@ -390,11 +390,14 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         stop_seconds = time.monotonic() - sigterm
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         events = log_events(log)
+        if args.keep_log:
+            args.keep_log.write_bytes(log.read_bytes())
     steady_ids = [e["viewer"] for e in events if e["event"] == "viewer joined"][:args.steady]
     steady_drops = sum(e.get("frames", 0) for e in events
                        if e["event"] == "frames dropped" and e.get("viewer") in steady_ids)
     steady_slow = sum(1 for e in events if e["event"].startswith("link slow")
                       and e.get("viewer") in steady_ids)
+    behind = [e for e in events if e["event"].startswith("relay behind")]
     reloads = [e for e in events if e["event"] == "reloaded"]
     rejected = [e for e in events if e["event"].startswith("reload rejected")]
     closed = [e for e in events if e["event"] == "viewer closed"]
@@ -411,6 +414,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "steady_disconnected": tally.disconnected,
         "steady_frames_dropped_by_relay": steady_drops,
         "steady_link_slow_events": steady_slow,
+        # The relay skipping every viewer to the next keyframe, itself too far behind.
+        "relay_behind_events": len(behind),
+        "relay_behind_ms_max": max((e.get("behind_ms", 0) for e in behind), default=0),
         "soak_loop_late_over_1s": tally.own_lag_over_1s,
         "soak_loop_late_max_s": round(tally.own_lag_max, 2),
         "relay_loop_late_over_250ms": tally.samples[-1]["relay_lag_over_250ms"]
@@ -472,6 +478,8 @@ def main() -> None:
     parser.add_argument("--hup-every", type=float, default=60)
     parser.add_argument("--sample-every", type=float, default=30)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep-log", type=Path, metavar="FILE",
+                        help="keep the relay's JSON log there")
     args = parser.parse_args()
     result = asyncio.run(soak(args))
     if args.json:
