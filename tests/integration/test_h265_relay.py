@@ -61,8 +61,9 @@ async def test_h265_camera_is_relayed_picture_by_picture_unchanged(rtsp_camera) 
         assert_keyframes_carry_parameter_sets(frames)
         # One message, one whole picture: both slices, one stamp, every picture in
         # order. A gap is allowed only where the relay says so: on a busy machine
-        # this in-process viewer can fall behind and be cut back to a keyframe,
-        # which then carries the discontinuity flag (protocol v1's contract).
+        # this in-process viewer can fall behind and be cut back to a keyframe, or
+        # a starved source thread can cut a picture, which is dropped; the frame
+        # after a gap carries the discontinuity flag (protocol v1's contract).
         counters = []
         for frame in frames:
             assert count_slices(frame.payload, "h265") == 2
@@ -72,7 +73,7 @@ async def test_h265_camera_is_relayed_picture_by_picture_unchanged(rtsp_camera) 
         for (a, _), (b, frame) in itertools.pairwise(zip(counters, frames, strict=True)):
             if b != a + 1:
                 assert b > a, f"picture {b} after {a}: out of order or repeated"
-                assert frame.flags & FLAG_DISCONTINUITY and frame.flags & FLAG_KEYFRAME, \
+                assert frame.flags & FLAG_DISCONTINUITY, \
                     f"picture {b} after {a}: a gap the relay did not flag"
                 resumed += 1
         assert resumed <= 3, f"{resumed} gaps in {len(frames)} pictures"
