@@ -193,7 +193,10 @@ def test_wall_focus_and_return(page: Any, relay: Daemon) -> None:
     wait_stream(page, "main", a)
     page.wait_for_function(  # the overlay, twice a second
         "document.querySelector('figure:nth-child(2) .stats').textContent.includes('main')")
-    # Hidden for a while, the other tiles let go of their sockets and decoders.
+    # The hidden tiles turn to stills at once, and hidden for a while, let go of their
+    # sockets and decoders.
+    assert page.evaluate("[...document.querySelectorAll('figure:not(.focus) cxrelay-player')]"
+                         ".every((p) => p.getAttribute('frames') === 'keyframes')")
     page.wait_for_function(
         "[...document.querySelectorAll('figure:not(.focus) cxrelay-player')]"
         ".every((p) => p.state === 'idle')", timeout=15000)
@@ -203,6 +206,7 @@ def test_wall_focus_and_return(page: Any, relay: Daemon) -> None:
     assert page.evaluate("document.activeElement === document.querySelector('figure:nth-child(2)')")
     wait_stream(page, "sub", a)
     wait_stream(page, "sub", "figure:nth-child(1) cxrelay-player")
+    assert stats(page, "figure:nth-child(1) cxrelay-player")["frames"] == "all"
     # A click does the same; the broken camera's main stream plays when focused.
     tiles.nth(3).click()
     wait_stream(page, "main", "figure:nth-child(4) cxrelay-player")
