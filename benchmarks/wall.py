@@ -249,6 +249,7 @@ def run_mode(pw: Any, relay: Relay, mode: str, args: argparse.Namespace) -> dict
             "on_sub": sum(1 for t in after if t[1] == "sub"),
             "browser_cpu": 100 * (cpu1 - cpu0) / span,
             "painted_p50": statistics.median(painted), "painted_min": min(painted),
+            "painted_total": sum(painted),
             "mbit_s": (bytes1 - bytes0) * 8 / span / 1e6,
             "relay_cpu": 100 * (relay1 - relay0) / span,
             "latency_p50": statistics.median(t[2] for t in after),
@@ -305,9 +306,9 @@ def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None
           f"{GOP_SECONDS} s; {args.seconds:g} s windows; load average at the end "
           f"{os.getloadavg()[0]:.1f}.\n")
     print("| cameras | mode | tiles on main / sub | browser CPU (% of a core) | vs main "
-          "| painted per tile (fps, median / slowest) | received (Mbit/s) | relay CPU (%) "
-          "| glass latency p50 (ms) |")
-    print("|---:|---|---|---:|---:|---|---:|---:|---:|")
+          "| painted per tile (fps, median / slowest) | pictures per CPU-second "
+          "| received (Mbit/s) | relay CPU (%) | glass latency p50 (ms) |")
+    print("|---:|---|---|---:|---:|---|---:|---:|---:|---:|")
     base: dict[int, float] = {}
     for r in results:
         if r["mode"] == "main":
@@ -316,6 +317,7 @@ def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None
         print(f"| {r['cameras']} | {r['mode']} | {r['on_main']} / {r['on_sub']} "
               f"| {fmt(r['browser_cpu'])} | {fmt(ratio, 2)} "
               f"| {fmt(r['painted_p50'], 1)} / {fmt(r['painted_min'], 1)} "
+              f"| {fmt(r['painted_total'] / max(r['browser_cpu'], 1e-9) * 100)} "
               f"| {fmt(r['mbit_s'], 1)} | {fmt(r['relay_cpu'])} | {fmt(r['latency_p50'])} |")
     switches = [r for r in results if "switch_select" in r]
     if switches:

@@ -66,7 +66,8 @@ const STATS_EVERY_MS = 5000; // a stats message to the relay
 const STATS_SAMPLES = 64; // latencies per stats message, at most (the relay takes no more)
 const PING_EVERY_MS = 15000; // clock offset: one ping, after a first burst of PING_BURST
 const PING_BURST = 3;
-const PING_KEEP = 8; // the offset comes from the shortest round trip of the last few pings
+const PING_KEEP = 8; // pings awaiting their pong, at most
+const CLOCK_DRIFT = 1e-4; // how fast two clocks may drift apart (100 ppm): ages an offset
 const LATE_MS = 1000; // a live frame this old on arrival (clocks corrected): skip to a keyframe
 const MediaSourceClass = self.ManagedMediaSource || self.MediaSource;
 const mp4Type = (codec) => `video/mp4; codecs="${codec}"`;
@@ -216,10 +217,11 @@ export class CxrelayPlayer extends HTMLElement {
     // --- what the viewer sees: latency on our screen, reported to the relay
     /** @type {number|null} the relay's clock minus ours, ms; null until the relay tells it */
     this._clockOffset = null;
-    /** @type {Array<[rtt: number, offset: number]>} the last pings' round trips and offsets */
-    this._clockSamples = [];
-    /** @type {number} how wrong _clockOffset may be, ms: half its ping's round trip */
+    /** @type {number} how wrong _clockOffset may be, ms: half its ping's round trip (0 for
+     *     init's, which can only be early), growing by CLOCK_DRIFT as it ages */
     this._clockError = 0;
+    /** @type {number} Date.now() when _clockOffset was measured */
+    this._clockAt = 0;
     /** @type {boolean} live frames arrived late: skipping them up to the next keyframe */
     this._skipping = false;
     /** @type {number} frames skipped for arriving late */
@@ -504,19 +506,19 @@ export class CxrelayPlayer extends HTMLElement {
       this._pingsSent < PING_BURST ? 300 : PING_EVERY_MS);
   }
 
-  // The offset from the exchange with the shortest round trip: the one least skewed by a
-  // queue on either way (a pong waits behind the video sent before it).
+  // The offset from the exchange with the shortest round trip, the one least skewed by a
+  // queue on either way (a pong waits behind the video sent before it; a busy page reads it
+  // late), kept until a better one comes or drift makes it worse than a new one.
   _onPong(pong) {
     const sent = this._pings.get(pong.id);
     if (sent === undefined || typeof pong.time !== 'number') return;
     this._pings.delete(pong.id);
     const now = Date.now();
-    const samples = this._clockSamples;
-    samples.push([now - sent, pong.time / 1000 - (sent + now) / 2]);
-    if (samples.length > PING_KEEP) samples.shift();
-    const [rtt, offset] = samples.reduce((a, b) => (b[0] < a[0] ? b : a));
-    this._clockOffset = offset;
-    this._clockError = rtt / 2;
+    const error = (now - sent) / 2;
+    if (this._clockAt && error > this._clockError + (now - this._clockAt) * CLOCK_DRIFT) return;
+    this._clockOffset = pong.time / 1000 - (sent + now) / 2;
+    this._clockError = error;
+    this._clockAt = now;
   }
 
   _report() {
