@@ -39,12 +39,15 @@ SAMPLER = """(el) => {
   const probe = document.createElement('canvas');
   const x = probe.getContext('2d', {willReadFrequently: true});
   const read = () => {
-    const c = el.shadowRoot.querySelector('canvas');
-    if (c.width > 16) {
-      probe.width = c.width; probe.height = c.height;
+    const v = el.shadowRoot.querySelector('video');
+    const mse = el.stats.mode === 'mse';
+    const c = mse ? v : el.shadowRoot.querySelector('canvas');
+    const width = mse ? v.videoWidth : c.width;
+    if (width > 16 && (!mse || v.readyState >= 2)) {
+      probe.width = width; probe.height = mse ? v.videoHeight : c.height;
       x.drawImage(c, 0, 0);
-      const block = c.width / 40;
-      const row = x.getImageData(0, Math.floor(block / 2), c.width, 1).data;
+      const block = width / 40;
+      const row = x.getImageData(0, Math.floor(block / 2), width, 1).data;
       const bits = [];
       for (let i = 0; i < 28; i++) {
         const p = Math.floor((i + 0.5) * block) * 4;
@@ -52,7 +55,7 @@ SAMPLER = """(el) => {
       }
       const ok = bits.slice(0, 4).join('') === '1010';
       const n = ok ? parseInt(bits.slice(4).join(''), 2) : null;
-      samples.push([c.width, n, el.stats.stream]);
+      samples.push([width, n, el.stats.stream]);
     }
     if (!window.stopSampling) requestAnimationFrame(read);
   };
@@ -101,16 +104,21 @@ def wait_stream(page: Any, stream: str, selector: str = "cxrelay-player",
         arg=[selector, stream, painted], timeout=20000)
 
 
-def test_small_tile_plays_the_substream_and_grows_into_main(page: Any, relay: Daemon) -> None:
+@pytest.mark.parametrize("mode", ["webcodecs", "mse"])
+def test_small_tile_plays_the_substream_and_grows_into_main(page: Any, relay: Daemon,
+                                                            mode: str) -> None:
     """A small player picks the sub-stream; made big, it switches to the main stream on the same
-    socket, and every picture painted across the switch is a whole camera picture: no black,
+    socket, and every picture shown across the switch is a whole camera picture: no black,
     no broken one, the numbers rising within each stream."""
+    if mode == "mse":
+        page.add_init_script("delete window.VideoDecoder; delete window.VideoFrame;")
     sockets: list[Any] = []
     page.on("websocket", lambda ws: sockets.append(ws))
     open_page(page, relay,
               '<cxrelay-player camera="a" style="width:320px;height:180px"></cxrelay-player>')
     wait_stream(page, "sub")
     assert (stats(page)["width"], stats(page)["height"]) == (320, 180)
+    assert stats(page)["mode"] == mode
     page.eval_on_selector("cxrelay-player", SAMPLER)
     page.wait_for_timeout(500)
     page.eval_on_selector("cxrelay-player", "el => { el.style.width = '960px';"
