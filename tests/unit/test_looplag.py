@@ -29,6 +29,7 @@ async def test_a_callback_holding_the_loop_is_measured_as_its_own_lag() -> None:
         await asyncio.sleep(0.05)
     finally:
         monitor.stop()
-    assert monitor.worst >= 0.3
+    # The timer fell due up to one interval after the hold began.
+    assert monitor.worst >= 0.3 - 0.01 - 0.005
     assert observed(metrics.loop_lag, 0.25) >= 1
     assert observed(metrics.loop_lag_own, 0.25) >= 1
