@@ -22,8 +22,12 @@ For every load (cameras x viewers) and every target, one at a time:
   relay's own work, not waiting for a CPU; new versions only) and drops.
 
 CPU per message delivered (µs) = the target's CPU time / the messages the
-viewers got; ``/floor`` is that ratio. Targets interleave within a load (and
-``--rounds`` repeat the whole set), so each sees the same machine.
+viewers got; *vs floor* is that ratio. *Fan-out µs per message* leaves out
+what the same target spends with the same cameras and no viewers (its ingest:
+reading the file, assembling pictures), when that load ran too (``1x0``,
+``32x0``): the floor has no ingest, it loads the file before it starts.
+Targets interleave within a load (and ``--rounds`` repeat the whole set), so
+each sees the same machine.
 
     .venv/bin/python benchmarks/fanout.py                        # the README's table
     .venv/bin/python benchmarks/fanout.py --loads 32x500 --seconds 20
@@ -42,6 +46,7 @@ import json
 import os
 import re
 import resource
+import select
 import shutil
 import socket
 import subprocess
@@ -57,7 +62,7 @@ from tests.support import free_port, stalled_client  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cxrelay-bench"
-DEFAULT_LOADS = "1x100,1x500,1x1000,32x500,32x2000,32x0,rtsp8"
+DEFAULT_LOADS = "1x0,1x100,1x500,1x1000,32x0,32x500,32x2000,rtsp8"
 BIN_US = 50  # fanout_load.py's latency histogram bins
 
 
@@ -108,16 +113,22 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def wait_line(proc: subprocess.Popen[str], expected: str, timeout: float) -> None:
+def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The process's next line of output, within ``timeout`` seconds."""
     assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        raise RuntimeError(f"no answer in {timeout:.0f} s")
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"exited ({proc.wait()})")
+    return line
+
+
+def wait_line(proc: subprocess.Popen[str], expected: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"process exited ({proc.wait()}) before {expected}")
-        if line.strip() == expected:
-            return
-    raise RuntimeError(f"no {expected} in {timeout:.0f} s")
+    while read_line(proc, max(0.0, deadline - time.monotonic())).strip() != expected:
+        pass
 
 
 def http_get(port: int, path: str) -> str:
@@ -260,6 +271,8 @@ def bucket_quantile(buckets: list[tuple[float, float]], q: float) -> float | Non
 class Result:
     load: str
     target: str
+    cameras: int = 0
+    viewers: int = 0
     cpu_user: float = 0.0
     cpu_system: float = 0.0
     rss_mib: float = 0.0
@@ -272,6 +285,7 @@ class Result:
     relay_dropped: float | None = None
     loop_lag_ms: dict[str, float | None] = field(default_factory=dict)
     profile: str | None = None
+    error: str | None = None
 
     @property
     def cpu(self) -> float:
@@ -285,7 +299,7 @@ def measure(name: str, load: Load, url: str, args: argparse.Namespace) -> Result
     target = start_target(name, load, args, url)
     loaders: list[subprocess.Popen[str]] = []
     stalled: list[socket.socket] = []
-    result = Result(str(load), name)
+    result = Result(str(load), name, load.cameras, load.viewers)
     profiler: subprocess.Popen[bytes] | None = None
     try:
         if load.viewers:
@@ -319,8 +333,7 @@ def measure(name: str, load: Load, url: str, args: argparse.Namespace) -> Result
         end = {pid: cpu_times(pid) for pid in pids}
         result.rss_mib = round(rss_mib(target.proc.pid), 1)
         for loader in loaders:
-            assert loader.stdout is not None
-            reports.append(json.loads(loader.stdout.readline()))
+            reports.append(json.loads(read_line(loader, 60)))
         user0, sys0 = start[target.proc.pid]
         user1, sys1 = end[target.proc.pid]
         result.cpu_user = (user1 - user0) / elapsed * 100
@@ -380,18 +393,31 @@ def le(value: float | None) -> str:
     return "—" if value is None else "≤" + format(value, "g")
 
 
-def table(results: list[Result], seconds: float) -> str:
+def table(results: list[Result], seconds: float, context: list[Result] | None = None) -> str:
+    """``results`` as Markdown rows; ``context``: all results, for the floor
+    and no-viewer rows of the same loads."""
     lines = [
-        "| load | target | CPU % of a core (user+sys) | µs per message | vs floor | RSS MiB "
+        "| load | target | CPU % of a core (user+sys) | µs per message | vs floor "
+        "| fan-out µs per message | RSS MiB "
         "| latency p50 / p99 / max ms | lost | closed | loop lag p99 / max, own p99 / max ms "
         "| load gen CPU % |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    floor = {r.load: r.us_per_message(seconds) for r in results if r.target == "floor"}
+    every = context or results
+    floor = {r.load: r.us_per_message(seconds) for r in every if r.target == "floor"}
+    # The same target with the same cameras and no viewers: its ingest alone.
+    idle = {(r.target, r.cameras): r.cpu for r in every
+            if not r.viewers and not r.error and "RTSP" not in r.load}
     for r in results:
+        if r.error:
+            lines.append(f"| {r.load} | {r.target} | failed: {r.error} |" + " |" * 10)
+            continue
         per = r.us_per_message(seconds)
         base = floor.get(r.load)
         ratio = f"{per / base:.2f}" if per and base else "—"
+        ingest = idle.get((r.target, r.cameras)) if r.target != "floor" else 0.0
+        net = (r.cpu - ingest) / 100 * seconds / r.messages * 1e6 \
+            if r.messages and ingest is not None else None
         lat = " / ".join(fmt(r.latency_ms.get(k)) for k in ("p50", "p99", "max")) \
             if r.latency_ms else "—"
         lag = " / ".join(le(r.loop_lag_ms.get(k)) for k in ("p99", "max", "p99 own",
@@ -400,7 +426,8 @@ def table(results: list[Result], seconds: float) -> str:
         lost = r.lost + r.flagged
         lines.append(
             f"| {r.load} | {r.target} | {r.cpu:.1f} ({r.cpu_user:.1f}+{r.cpu_system:.1f}) "
-            f"| {fmt(per)} | {ratio} | {r.rss_mib:.0f} | {lat} | {lost if r.messages else '—'} "
+            f"| {fmt(per)} | {ratio} | {fmt(net)} | {r.rss_mib:.0f} | {lat} "
+            f"| {lost if r.messages else '—'} "
             f"| {r.closed if r.messages else '—'} | {lag} | {r.load_cpu:.1f} |")
     return "\n".join(lines)
 
@@ -447,13 +474,21 @@ def main() -> None:
                     camera = RtspCamera(width=1280, height=720, fps=25, bitrate=2000,
                                         gop=50).start()
                 url = camera.url
+            done = len(results)
             for _ in range(args.rounds):
                 for name in load_targets:
-                    result = measure(name, load, url, args)
+                    try:
+                        result = measure(name, load, url, args)
+                    except (RuntimeError, OSError, ValueError) as exc:
+                        result = Result(str(load), name, load.cameras, load.viewers,
+                                        error=str(exc)[:120])
                     results.append(result)
-                    print(f"{load} / {name}: {result.cpu:.1f} % CPU, "
+                    print(f"{load} / {name}: {result.error or ''}{result.cpu:.1f} % CPU, "
                           f"{fmt(result.us_per_message(args.seconds))} µs/message",
                           file=sys.stderr, flush=True)
+            if not args.json:  # each load's rows as soon as it is done
+                rows = table(results[done:], args.seconds, results)
+                print(rows.split("\n", 2)[2] if done else rows, flush=True)
     finally:
         if camera is not None:
             camera.stop()
@@ -462,7 +497,6 @@ def main() -> None:
                                         "us_per_message": r.us_per_message(args.seconds)}
                           for r in results], indent=1))
         return
-    print(table(results, args.seconds))
     for r in results:
         if r.profile:
             print(f"profile of {r.load}: {r.profile}")

@@ -225,11 +225,11 @@ def main() -> None:
                 load.readable(by_fd[fd])
                 continue
             j = joining[fd]
-            if events & select.EPOLLOUT:
-                j.writable()
-                poll.modify(fd, select.EPOLLIN)
-                continue
             try:
+                if events & select.EPOLLOUT:
+                    j.writable()
+                    poll.modify(fd, select.EPOLLIN)
+                    continue
                 viewer = j.readable()
             except (ConnectionError, OSError) as exc:  # the relay gave up on it: again
                 retries += 1
