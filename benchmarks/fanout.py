@@ -230,7 +230,7 @@ def start_viewers(target: Target, load: Load, procs: int) -> list[subprocess.Pop
             text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE))
         offset += count
     for loader in loaders:
-        wait_line(loader, "READY", 300)
+        wait_line(loader, "READY", 180)
     return loaders
 
 
