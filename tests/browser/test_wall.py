@@ -124,6 +124,9 @@ def test_small_tile_plays_the_substream_and_grows_into_main(page: Any, relay: Da
     page.eval_on_selector("cxrelay-player", "el => { el.style.width = '960px';"
                           " el.style.height = '540px'; }")
     wait_stream(page, "main", painted=10)
+    # The player's count of painted pictures runs ahead of the screen on MSE (a picture handed to
+    # the video element is shown when its time comes): wait for the main stream's pixels.
+    page.wait_for_function("samples.filter(s => s[0] === 640).length >= 5", timeout=20000)
     page.evaluate("window.stopSampling = true")
     samples = page.evaluate("samples")
     assert len(sockets) == 1, "the switch opened another socket"
