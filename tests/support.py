@@ -22,6 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from cxrelay.app import Relay
 from cxrelay.config import CameraConfig, Config, ServerConfig
 from cxrelay.protocol import Frame, decode_frame
+from tests.camera.harness import stop_process
 
 
 def free_port() -> int:
@@ -215,13 +216,7 @@ class RelayProcess:
     def stop(self, timeout: float = 10.0) -> tuple[int, str, str]:
         """SIGTERM (SIGKILL after `timeout`); the exit code and everything it printed."""
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, timeout)
         for reader in self._readers:
             reader.join(timeout)
         for stream in (self.proc.stdout, self.proc.stderr):

@@ -3,9 +3,9 @@ API (keyboard, locators, socket frames) in Debian's chromium. New tests use page
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
+from tests.browser import pages
 from tests.browser.conftest import Daemon
 from tests.browser.pages import ADD_PLAYERS_JS, WATCH_JS
 
@@ -28,11 +28,5 @@ def wait_state(page: Any, state: str, selector: str = "cxrelay-player",
 
 def wait_until(predicate: Any, timeout: float, what: str, page: Any) -> Any:
     """Polls `predicate`, sleeping in Playwright so that its events keep coming meanwhile."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        page.wait_for_timeout(100)
+    return pages.wait_until(predicate, timeout, what,
+                            sleep=lambda seconds: page.wait_for_timeout(seconds * 1000))

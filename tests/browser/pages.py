@@ -8,6 +8,7 @@ VideoDecoders, MediaSources): no engine-specific hooks.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tests.browser.engines import Page
@@ -144,7 +145,8 @@ def wait_video_playing(page: Page, selector: str = "cxrelay-player", timeout: fl
         raise AssertionError(f"{e}: {page.evaluate(VIDEO_JS, selector)}") from None
 
 
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1,
+               sleep: Callable[[float], Any] = time.sleep) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -152,7 +154,7 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1)
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+        sleep(interval)
 
 
 def assert_moving_picture(page: Page, selector: str = "cxrelay-player") -> None:

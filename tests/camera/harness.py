@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 from urllib.parse import quote
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -28,6 +28,16 @@ CAMERA_SCRIPT = Path(__file__).resolve().parent / "rtsp_camera.py"
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not gone within `timeout`; always reaped."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 class CameraError(RuntimeError):
     """The camera did not come up."""
@@ -123,13 +133,7 @@ class RtspCamera:
         """SIGTERM, then SIGKILL if it does not go within STOP_TIMEOUT; always reaped."""
         process, self._process = self._process, None
         if process is not None:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process, STOP_TIMEOUT)
             for stream in (process.stdin, process.stdout):
                 if stream is not None:
                     stream.close()

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.camera.harness import stop_process
 from tests.parts import command
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -283,13 +284,7 @@ def sandboxed_relay(systemd_analyze: str) -> Iterator[tuple[subprocess.Popen[str
         threading.Thread(target=proc.stdout.read, daemon=True).start()
         yield proc, port
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
 
 def get_json(port: int, path: str) -> Any:
