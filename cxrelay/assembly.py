@@ -131,8 +131,10 @@ class PictureAssembler(Generic[S]):
 
     Driving it from a live source: after each push, if ``pending and not
     slice_count_known``, arm an idle timer that calls ``flush()``; it must
-    be longer than the gap between two slices of one picture, or pictures
-    get cut (the cut-off slices are then dropped and counted). Whole-unit
+    be longer than the gap between two slices of one picture as the reader
+    sees it, starved of CPU or not, or pictures get cut (the cut-off slices
+    are then dropped and counted): ``cxrelay.ingest`` waits about one frame
+    interval, which the next picture's start cuts short. Whole-unit
     sources are driven the same way: FFmpeg's parser can cut one picture in
     two packets, and this rejoins them.
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 # fragment: no camera's MTU leaves less room than this for one. Whole NAL
 # units seen raise the bar: a packet that carried one that big carries first
 # fragments at least as big, less a byte. (Holding a whole NAL unit by
-# mistake costs the idle flush's few milliseconds.)
+# mistake makes its picture wait for the next packet.)
 _UNKNOWN_FRAGMENT_GUESS = 400
 
 

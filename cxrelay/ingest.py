@@ -8,6 +8,16 @@ stream's parameters change (a new ``init`` for the viewers), counts what the
 assembler dropped by reason, and says until when a held picture may wait for
 more packets before the idle flush takes it as complete.
 
+A picture goes out the moment ingest can tell it is whole: its last slice
+came (the learned slice layout says so) and no NAL unit of it may still be
+missing a fragment. One it can't tell is whole (the layout is not known yet,
+or differs; or its last NAL unit ended on a full-size fragment, which may go
+on) waits for the next packet, whose start tells, or for about one frame
+interval. A few milliseconds of quiet are no evidence: the quiet is measured
+from the source thread's last push, and a thread starved of CPU (or of the
+GIL) leaves the rest of the picture unread in the socket meanwhile; an idle
+flush then cuts the picture short.
+
 A codec plugs in by implementing ``Assembler`` (and its ``AccessUnit``) and
 adding a branch to ``new_assembler``; the sources choose the codec through
 ``StreamInfo.codec``.
@@ -15,6 +25,7 @@ adding a branch to ``new_assembler``; the sources choose the codec through
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -22,7 +33,8 @@ from typing import Protocol
 from cxrelay.fragments import FragmentJoiner
 
 __all__ = [
-    "IDLE_FLUSH_US",
+    "HOLD_MAX_US",
+    "HOLD_MIN_US",
     "AccessUnit",
     "Assembler",
     "Ingest",
@@ -32,11 +44,17 @@ __all__ = [
     "new_assembler",
 ]
 
-# How long a picture may sit with no new packet before it is taken as complete,
-# while the stream's slice layout is not yet known (or a fragment may go on).
-# A few ms: slices of one picture arrive back to back, and the next picture is
-# a frame interval away.
-IDLE_FLUSH_US = 4_000
+# How long a picture ingest can't tell is whole may wait for more packets
+# before the idle flush takes it as complete: one frame interval (the smallest
+# timestamp step of the last few pictures), within these bounds. In a flowing
+# stream the next picture's first packet ends the wait sooner; the bound is for
+# a camera that pauses. Not less than a starved thread's usual lag behind the
+# socket (a few scheduler slices on a loaded machine); not more than a
+# fraction of a second for a camera that sends a picture a second.
+HOLD_MIN_US = 25_000
+HOLD_MAX_US = 250_000
+_HOLD_UNKNOWN_US = 100_000  # before two pictures give the frame interval
+_INTERVALS = 8  # timestamp steps the frame interval is learned from
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +154,8 @@ class IngestResult:
     inits: dict[int, StreamParams] = field(default_factory=dict)
     drops: dict[str, int] = field(default_factory=dict)  # newly dropped pictures, by reason
     # Wall clock (as ``received_us``) at which ``flush(now)`` would take what is
-    # held as complete; None: nothing waits for the idle flush.
+    # held as complete (``Ingest.hold_us`` after the last push); None: nothing
+    # waits for the idle flush.
     deadline_us: int | None = None
 
 
@@ -145,10 +164,14 @@ class Ingest:
     caller at a time (a source's thread pushes, and the loop's idle timer
     flushes, under the source's lock)."""
 
-    def __init__(self, info: StreamInfo, *, idle_us: int = IDLE_FLUSH_US,
+    def __init__(self, info: StreamInfo, *, hold_us: int | None = None,
                  assembler: Assembler | None = None, from_keyframe: bool = True) -> None:
+        """``hold_us``: how long a picture that may not be whole waits for more
+        packets; None: about one frame interval, learned from the timestamps."""
         self.info = info
-        self.idle_us = idle_us
+        self._hold_us = hold_us
+        self._steps: deque[int] = deque(maxlen=_INTERVALS)  # timestamp steps > 0
+        self._last_pts: int | None = None
         # No decoder can start before a keyframe, so frames before the first
         # are held back; a probe, counting pictures, wants them all.
         self.from_keyframe = from_keyframe
@@ -160,6 +183,15 @@ class Ingest:
         self._params: StreamParams | None = None
         self._drops_seen = dict(self._assembler.drops)
         self.deadline_us: int | None = None
+
+    @property
+    def hold_us(self) -> int:
+        """How long a picture that may not be whole waits for more packets."""
+        if self._hold_us is not None:
+            return self._hold_us
+        if not self._steps:
+            return _HOLD_UNKNOWN_US
+        return min(max(min(self._steps), HOLD_MIN_US), HOLD_MAX_US)
 
     @property
     def params(self) -> StreamParams | None:
@@ -175,9 +207,11 @@ class Ingest:
             units = []
             for chunk in self._joiner.push(data, pts_us, received_us):
                 units += assembler.push(chunk.data, chunk.pts_us, chunk.ingest_us)
+        # Held: a NAL unit that ended on a full-size fragment, or a picture
+        # whose last slice can't be told. Only more data says it is whole.
         waiting = (self._joiner is not None and self._joiner.pending) or (
             assembler.pending and not assembler.slice_count_known)
-        self.deadline_us = received_us + self.idle_us if waiting else None
+        self.deadline_us = received_us + self.hold_us if waiting else None
         return self._result(units)
 
     def flush(self, now_us: int | None = None) -> IngestResult:
@@ -197,6 +231,9 @@ class Ingest:
         result = IngestResult(deadline_us=self.deadline_us)
         frames = result.frames
         for unit in units:
+            last, self._last_pts = self._last_pts, unit.pts_us
+            if last is not None and 0 < unit.pts_us - last <= 4 * HOLD_MAX_US:
+                self._steps.append(unit.pts_us - last)
             if unit.keyframe:
                 params = unit.params
                 if params is not None and params != self._params:

@@ -10,11 +10,14 @@ packet. The thread only ever talks to the loop through
 
 The idle flush (a picture held while the slice layout is unknown, or a
 fragment that may go on) must fire while the thread is blocked in a read,
-which no read timeout can do at a few milliseconds. So it is a loop timer: the
-thread asks for one when a push leaves something waiting and none is set; the
-timer re-arms itself while packets keep moving the deadline, and flushes the
-Ingest under the lock the thread pushes under. Once the layout is known a
-picture leaves with its last slice and no timer is needed.
+which no read timeout can do. So it is a loop timer: the thread asks for one
+when a push leaves something waiting and none is set; the timer re-arms itself
+while packets keep moving the deadline, and flushes the Ingest under the lock
+the thread pushes under. It waits about one frame interval (``Ingest.hold_us``),
+never a few milliseconds: it runs on the loop while this thread may be starved
+of CPU with the rest of the picture unread, and would cut the picture short.
+Once the layout is known a picture leaves with its last slice and no timer is
+needed; in a flowing stream the next picture's first packet ends any wait.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import structlog
 
 from cxrelay.backoff import Backoff
 from cxrelay.config import CameraConfig
-from cxrelay.ingest import IDLE_FLUSH_US, Ingest, IngestResult, StreamInfo
+from cxrelay.ingest import Ingest, IngestResult, StreamInfo
 from cxrelay.redact import redact_text, url_secrets
 
 log = structlog.get_logger("cxrelay.source")
@@ -62,7 +65,7 @@ class Source:
     """Base class; subclasses implement ``session()`` for one connection."""
 
     kind = "source"
-    idle_us = IDLE_FLUSH_US  # how long a picture may wait for more packets (see Ingest)
+    hold_us: int | None = None  # how long a picture may wait for more packets (see Ingest)
 
     def __init__(
         self,
@@ -148,7 +151,7 @@ class Source:
     def connected(self, info: StreamInfo) -> None:
         """A session streams: its packets go to a new Ingest from now on."""
         with self._lock:
-            self._ingest = Ingest(info, idle_us=self.idle_us)
+            self._ingest = Ingest(info, hold_us=self.hold_us)
             self._flush_at = None
             self._picture_at = time.monotonic()
             self.emit(self._sink.source_connected, info)
@@ -170,7 +173,7 @@ class Source:
             if result.deadline_us is None:
                 self._flush_at = None
                 return
-            self._flush_at = time.monotonic() + ingest.idle_us / 1e6
+            self._flush_at = time.monotonic() + (result.deadline_us - received_us) / 1e6
             if not self._timer_armed:
                 self._timer_armed = True
                 self._call(self._arm_idle_flush)

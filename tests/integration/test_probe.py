@@ -63,7 +63,7 @@ def recorded(name: str) -> list[tuple[int, bytes]]:
 
 
 def feed(meter: _Meter, packets: Packets, spacing: float = 1.0) -> ProbeReport:
-    """Packets ``spacing`` seconds apart (the idle flush comes after 4 ms)."""
+    """Packets ``spacing`` seconds apart (the idle flush comes after a frame interval)."""
     for i, (data, pts) in enumerate(packets):
         meter.packet(data, pts, now=i * spacing)
     meter.finish()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from cxrelay.h264 import split_annexb, to_annexb
-from cxrelay.ingest import IDLE_FLUSH_US, Ingest, IngestResult, StreamInfo, StreamParams
+from cxrelay.ingest import HOLD_MAX_US, Ingest, IngestResult, StreamInfo, StreamParams
 from tests.recordings import Packet, recording
 
 WHOLE = StreamInfo(b"", None, whole_units=True)
@@ -91,14 +91,16 @@ def test_idle_deadline_while_the_slice_layout_is_unknown() -> None:
     nals = split_annexb(first.data)
     results = [ingest.push(to_annexb([nal]), first.pts, 1_000 + i) for i, nal in enumerate(nals)]
     last = results[-1]
-    # Four slices in, but four could be fewer than the picture has: wait a little.
-    assert last.deadline_us == 1_000 + len(nals) - 1 + IDLE_FLUSH_US
+    # Four slices in, but four could be fewer than the picture has: wait for
+    # the next packet, or at most a while.
+    assert last.deadline_us == 1_000 + len(nals) - 1 + ingest.hold_us
+    assert ingest.hold_us <= HOLD_MAX_US
     assert not last.frames
     early = ingest.flush(last.deadline_us - 1)
     assert not early.frames and ingest.deadline_us == last.deadline_us
     due = ingest.flush(last.deadline_us)
     assert [f.data for f in due.frames] == [first.data] and due.deadline_us is None
-    assert ingest.flush(last.deadline_us + 10 * IDLE_FLUSH_US).frames == []
+    assert ingest.flush(last.deadline_us + 10 * HOLD_MAX_US).frames == []
 
 
 def test_no_deadline_once_the_slice_layout_is_known() -> None:
@@ -111,7 +113,7 @@ def test_no_deadline_once_the_slice_layout_is_known() -> None:
             result = ingest.push(to_annexb([nal]), au.pts, au.pts)
             out += [f.data for f in result.frames]
             deadlines.append((number, result.deadline_us))
-        out += [f.data for f in ingest.flush(au.pts + IDLE_FLUSH_US).frames]
+        out += [f.data for f in ingest.flush(au.pts + ingest.hold_us).frames]
     assert out == [au.data for au in aus[:10]]
     # Two pictures teach the layout; from then on each leaves with its last slice.
     assert [n for n, d in deadlines if d is not None and n >= 2] == []
@@ -128,7 +130,7 @@ def test_fu_a_fragments_are_rejoined() -> None:
             packets += [body[i:i + 1386] for i in range(1386, len(body), 1386)]
             for packet in packets:
                 out += [f.data for f in ingest.push(packet, au.pts, au.pts).frames]
-        out += [f.data for f in ingest.flush(au.pts + IDLE_FLUSH_US).frames]
+        out += [f.data for f in ingest.flush(au.pts + ingest.hold_us).frames]
     assert out == [au.data for au in aus]
 
 

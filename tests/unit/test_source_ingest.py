@@ -161,7 +161,7 @@ async def test_a_failed_session_drops_its_half_picture() -> None:
     first = recording("slices4").packets[0]
     packets = [(SC + nal, first.pts) for nal in split_annexb(first.data)]
     source = ScriptedSource(asyncio.get_running_loop(), sink, packets)
-    source.idle_us = 1_000_000  # the session surely ends before the idle flush
+    source.hold_us = 1_000_000  # the session surely ends before the idle flush
     source.unblock.set()  # the camera goes away right after the picture's slices
     source.start()
     try:
