@@ -14,7 +14,14 @@ reader after the other, for --seconds each:
   e  the same from another checkout of cxrelay (--baseline DIR): before/after in one run
 
 Each sample is (wall clock when the unit is in hand) - (wall clock the camera wrote into
-the unit's stamp SEI just before payloading it). Prints a Markdown table, or --json.
+the unit's stamp SEI just before payloading it). Prints a Markdown table, or --json. For
+cxrelay (d, e) it also reads the relay's /metrics: pictures its ingest dropped as partial
+or corrupt (a picture cut short by an early idle flush shows up there: the rest of its
+last NAL unit arrives as orphan bytes).
+
+    # the idle flush on a loaded machine: small packets (FU-A), busy loops beside it
+    flock /work/bench.lock nice .venv/bin/python benchmarks/ingest_latency.py \
+        --mtu 500 --baseline /tmp/base --rows dede
 
     .venv/bin/python benchmarks/ingest_latency.py --seconds 20
     git archive main | tar -x -C /tmp/base    # then, interleaved:
@@ -29,10 +36,12 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -123,6 +132,7 @@ class Row:
     merged: int = 0
     error: str | None = None
     cpu_pct: float | None = None  # the relay's CPU (user + system) while read, % of one core
+    ingest_drops: int | None = None  # cxrelay's pictures dropped as partial or corrupt
     whole_units: bool = True  # its samples are units (for the split/merged table)
 
     @classmethod
@@ -327,6 +337,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def ingest_drops(port: int) -> int | None:
+    """Pictures the relay's ingest dropped as partial or corrupt, from /metrics."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    pattern = r'^cxrelay_frames_dropped_total\{reason="(?:partial|corrupt)"\} (\S+)$'
+    return round(sum(float(v) for v in re.findall(pattern, text, re.MULTILINE)))
+
+
 def run_baseline(url: str, args: argparse.Namespace) -> list[Row]:
     if not args.baseline:
         return [Row("e. baseline", error="no --baseline DIR given")]
@@ -354,6 +375,7 @@ def run_cxrelay(url: str, args: argparse.Namespace, root: Path = ROOT, key: str 
             cpu, started = cpu_seconds(process.pid), time.monotonic()
             delivered, ingested, relayed = asyncio.run(read_relay(port, args))
             cpu_pct = 100 * (cpu_seconds(process.pid) - cpu) / (time.monotonic() - started)
+            drops = ingest_drops(port)
         except Exception as exc:
             return [Row(name, error=f"cxrelay: {type(exc).__name__}: {exc}")]
         ingest_row = Row.of(
@@ -363,6 +385,7 @@ def run_cxrelay(url: str, args: argparse.Namespace, root: Path = ROOT, key: str 
         relay_row.whole_units = False
         row = Row.of(name, delivered)
         row.cpu_pct = round(cpu_pct, 2)
+        row.ingest_drops = drops
         return [row, ingest_row, relay_row]
     finally:
         if process.poll() is None:
@@ -389,7 +412,7 @@ def tail(process: subprocess.Popen[bytes]) -> str:
 def markdown(rows: list[Row], args: argparse.Namespace) -> str:
     lines = [
         f"Camera: {args.width}x{args.height} @ {args.fps} fps, {args.slices} slices, "
-        f"stamped; {args.seconds:g} s per reader after {args.warmup:g} s warm-up. "
+        f"MTU {args.mtu}, stamped; {args.seconds:g} s per reader after {args.warmup:g} s warm-up. "
         f"One frame = {1000 / args.fps:.0f} ms.",
         "",
         "| reader | p50 ms | p90 ms | p99 ms | samples | relay CPU % |",
@@ -405,12 +428,14 @@ def markdown(rows: list[Row], args: argparse.Namespace) -> str:
     lines += ["", "Units split in two (a stamped unit arriving as more than one packet/message):"]
     lines += [
         "",
-        "| reader | split | merged (two stamps in one) | of units |",
-        "|---|---:|---:|---:|",
+        "| reader | split | merged (two stamps in one) | of units | ingest dropped |",
+        "|---|---:|---:|---:|---:|",
     ]
     for row in rows:
         if not row.error and row.whole_units:
-            lines.append(f"| {row.reader} | {row.split} | {row.merged} | {row.samples} |")
+            dropped = "" if row.ingest_drops is None else row.ingest_drops
+            lines.append(f"| {row.reader} | {row.split} | {row.merged} | {row.samples} "
+                         f"| {dropped} |")
     return "\n".join(lines)
 
 
@@ -422,6 +447,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slices", type=int, default=2)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=360)
+    parser.add_argument("--mtu", type=int, default=1400, help="the camera's RTP packet size")
     parser.add_argument("--rows", default=ROWS, help="which readers, in order, e.g. abc or dede")
     parser.add_argument("--baseline", metavar="DIR",
                         help="another checkout of cxrelay for row e (e.g. from git archive)")
@@ -445,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
         "e": run_baseline,
     }
     rows: list[Row] = []
-    camera_options = {"width": args.width, "height": args.height, "fps": args.fps}
+    camera_options = {"width": args.width, "height": args.height, "fps": args.fps,
+                      "mtu": args.mtu}
     with RtspCamera(**camera_options, gop=2 * args.fps, slices=args.slices, stamp=True) as cam:
         for key in args.rows:
             print(f"reading with {key} for {args.seconds + args.warmup:g} s", file=sys.stderr)
