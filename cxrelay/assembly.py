@@ -3,6 +3,13 @@ picture each: a picture's slices and the NAL units around them, the learned
 slice layout that lets a picture out with its last slice, partial pictures
 held or dropped, parameter sets put in front of keyframes. Pure: stdlib only.
 
+The layout is a guess from earlier pictures. Once a picture sent with the
+layout's last slice proves longer (more of its slices come), the guess is
+wrong for this camera (one that slices by size, say, one slice for small
+pictures, several for keyframes): the stream's pictures then wait for the
+next one's start, and are never again sent by layout, until a new sequence
+or a reset.
+
 H.264 (``cxrelay.h264.assembler``) and H.265 (``cxrelay.h265.assembler``)
 subclass ``PictureAssembler``: they say what each NAL unit is and read slice
 headers; this module does the rest the same way for both.
@@ -164,11 +171,13 @@ class PictureAssembler(Generic[S]):
         self._tail_corrupt = False
         self._layout: tuple[int, ...] | None = None  # address of each slice, once confirmed
         self._last_layout: tuple[int, ...] | None = None
+        self._layout_failed = False  # a picture sent by layout proved longer: learn no more
         # A unit with fewer slices than the layout: lost slices, or the camera
         # now sends fewer. Held until the next unit tells which (same slices: emit both).
         self._held: Picture[S] | None = None
-        # The unit just emitted before the next one started: (pts, last slice).
-        self._prev: tuple[int, SliceInfo | None] | None = None
+        # The unit just emitted before the next one started: (pts, last slice,
+        # sent by the layout).
+        self._prev: tuple[int, SliceInfo | None, bool] | None = None
         self._discontinuity = False
         self.units = 0
         self.dropped_partial = 0
@@ -311,6 +320,7 @@ class PictureAssembler(Generic[S]):
     def _forget_layout(self) -> None:
         """The slice layout may have changed (a new SPS, a reset)."""
         self._layout = self._last_layout = None
+        self._layout_failed = False
 
     def _slice(self, nal: bytes, info: SliceInfo, pts: int, ingest: int,
                out: list[AccessUnit[S]], *, keyframe: bool, sps: S | None,
@@ -418,13 +428,18 @@ class PictureAssembler(Generic[S]):
         if prev is None:
             return
         self._prev = None
-        prev_pts, prev_last = prev
+        prev_pts, prev_last, by_layout = prev
         if pts == prev_pts and prev_last is not None and info.continues(prev_last):
-            # The unit was cut short (idle timer too short, or the learned
-            # layout is wrong): what was learned from it is wrong.
+            # The unit was cut short (the idle flush gave up waiting, or the
+            # learned layout is wrong): what was learned from it is wrong.
             self._layout = self._last_layout = None
+            # A layout that cut a picture once would again: this camera's
+            # pictures don't keep one.
+            self._layout_failed |= by_layout
 
     def _learn(self, layout: tuple[int, ...]) -> None:
+        if self._layout_failed:
+            return
         if layout == self._last_layout:
             self._layout = layout
         elif self._layout is not None and layout != self._layout:
@@ -443,7 +458,7 @@ class PictureAssembler(Generic[S]):
         out.extend(units)
         self._learn(tuple(cur.addresses))
         # Closed by the next unit's start, it was whole; else the next slice will tell.
-        self._prev = None if how == "boundary" else (cur.pts, cur.last)
+        self._prev = None if how == "boundary" else (cur.pts, cur.last, how == "layout")
 
     def _finish(self, cur: Picture[S]) -> list[AccessUnit[S]]:
         """The units that closing ``cur`` lets out: none (dropped or held),

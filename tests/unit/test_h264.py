@@ -942,7 +942,9 @@ def test_new_sps_forgets_the_layout() -> None:
 def test_wrong_layout_is_unlearned_when_more_slices_come() -> None:
     """Two-slice pictures taught the layout (0, 240); then the camera sends
     four slices again. The first of them goes out cut at 240 (nothing could
-    tell), its other slices show the layout wrong, and it is relearned."""
+    tell), its other slices show the layout wrong, and no layout is trusted
+    again: a camera whose pictures change their slices would be cut again
+    (one slicing by size: every keyframe)."""
     aus = truth("slices4")
     two = [Au(au.pts, au.nals[:-2], au.keyframe) if 5 <= index < 10 else au
            for index, au in enumerate(aus)]
@@ -952,10 +954,15 @@ def test_wrong_layout_is_unlearned_when_more_slices_come() -> None:
     assert fed.units[10].data == to_annexb(aus[10].nals[:2])  # cut short
     assert_units_match(fed.units[11:], aus[11:])
     assert asm.dropped_partial == 1 and fed.units[11].discontinuity
-    assert asm.layout == (0, 240, 480, 680)
+    assert asm.layout is None
     # 5 and 6 follow the old layout as far as they go: they wait for the next
-    # unit, not for the timer; the straggling slices of 10 need it.
-    assert fed.flushes == [0, 1, 10, 11, 12]
+    # unit, not for the timer; from 10 on, every unit waits for the timer.
+    assert fed.flushes == [0, 1, *range(10, len(aus))]
+    # A new sequence (another SPS) may learn a layout again.
+    other = truth("baseline")
+    fed = feed(asm, other)
+    assert_units_match(fed.units, other)
+    assert asm.layout is not None and fed.flushes == [0, 1]
 
 
 def test_broken_streams_cannot_pile_up() -> None:

@@ -1,4 +1,5 @@
-"""The idle flush and a starved source thread: pictures are never cut short.
+"""Pictures are never cut short: not by the idle flush while the source
+thread is starved, nor (more than once) by a learned slice layout that doesn't hold.
 
 The loop's idle timer measures quiet since the source thread's last push, not
 since the camera's last packet. A thread starved of CPU (or of the GIL) leaves
@@ -193,3 +194,30 @@ def test_streams_used_have_several_slices() -> None:
         nals = access_units(codec, codec.streams[1])[0][1]
         assert sum(codec.is_slice(n) for n in nals) == 4
         assert split_annexb(to_annexb(nals)) == nals
+
+
+# --- a layout that doesn't hold ---------------------------------------------------------------
+
+
+@CODECS
+def test_a_camera_slicing_by_size_gets_one_picture_cut_at_most(codec: Codec) -> None:
+    """Small pictures in one slice, keyframes in four (an encoder with a
+    maximum slice size): the layout (0,) learned from the small ones cuts the
+    next keyframe after its first slice, which only its other slices show.
+    After that no layout is trusted: every later keyframe goes out whole."""
+    aus = access_units(codec, codec.streams[1])
+    stream = []
+    for pts, nals in aus + [(pts + 2 * aus[-1][0], nals) for pts, nals in aus]:  # played twice
+        slices = [n for n in nals if codec.is_slice(n)]
+        if codec.nal_type(slices[0]) not in codec.keyframes:
+            nals = [n for n in nals if not codec.is_slice(n)] + slices[:1]
+        stream.append((pts, nals))
+    keyframes = [i for i, (_, nals) in enumerate(stream) if len(nals) > 4]
+    assert len(keyframes) >= 4
+    _, results = play_starved(codec, stream, fragment=100_000, gaps=[0])
+    out = [f for _, _, r in results for f in r.frames]
+    whole = [to_annexb(nals) for _, nals in stream]  # its keyframes carry their parameter sets
+    cut = [f.pts_us for f in out if f.data not in whole]
+    assert len(cut) <= 1  # the first keyframe after the layout was learned
+    later = [stream[i][0] for i in keyframes if stream[i][0] > (cut or [0])[0]]
+    assert later and all(any(f.pts_us == pts and f.data in whole for f in out) for pts in later)
