@@ -69,6 +69,11 @@ const PING_BURST = 3;
 const PING_KEEP = 8; // pings awaiting their pong, at most
 const CLOCK_DRIFT = 1e-4; // how fast two clocks may drift apart (100 ppm): ages an offset
 const LATE_MS = 1000; // a live frame this old on arrival (clocks corrected): skip to a keyframe
+// MSE: how far the playhead may trail the newest buffered picture, s
+const LIVE_JUMP_S = 0.5; // the newest keyframe is this far ahead: seek to it
+const LIVE_FAST_S = 0.12; // play at LIVE_RATE past this...
+const LIVE_NEAR_S = 0.08; // ...and at 1x again below this
+const LIVE_RATE = 1.25;
 const MediaSourceClass = self.ManagedMediaSource || self.MediaSource;
 const mp4Type = (codec) => `video/mp4; codecs="${codec}"`;
 
@@ -1391,12 +1396,20 @@ class MseOutput {
     if (buffered.length && !video.seeking) {
       const start = buffered.start(buffered.length - 1);
       const end = buffered.end(buffered.length - 1);
-      const behind = end - video.currentTime;
-      if ((this._jump && this._appendingLive) || behind > 1.5 || video.currentTime < start) {
-        this._jump = false; // catch-up appended, or far behind: jump to the newest picture
+      const now = video.currentTime;
+      const key = this._keyTimes[this._keyTimes.length - 1];
+      if (this._jump && this._appendingLive) {
+        this._jump = false; // catch-up appended: to the newest picture
         video.currentTime = Math.max(start, end - 0.05);
-      } else if (behind > 0.3) video.playbackRate = 1.1;
-      else if (behind < 0.15) video.playbackRate = 1;
+      } else if (now < start || key - now > LIVE_JUMP_S) {
+        // Far behind: to the newest keyframe. A seek between keyframes decodes from the one
+        // before it, which a busy WebKit takes longer over than the lag it removes: it would
+        // seek again and again and never play. A smaller lag goes by playing faster.
+        video.currentTime = Math.max(start, key);
+      }
+      const behind = end - video.currentTime;
+      const rate = behind > LIVE_FAST_S ? LIVE_RATE : behind < LIVE_NEAR_S ? 1 : video.playbackRate;
+      if (video.playbackRate !== rate) video.playbackRate = rate;
       if (video.paused) video.play().catch(() => {});
     }
     if (!this._trim(false)) this._append();
