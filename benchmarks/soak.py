@@ -16,7 +16,10 @@ Runs `cxrelay serve` as a subprocess with one demo camera (640x360, 25 fps,
   closes it; it comes back a second later, for the whole soak);
 - 20 stalled viewers: upgraded, then never read (the relay drops them after
   drain_timeout; each is replaced as soon as it is gone);
-- SIGHUP every ``--hup-every`` seconds, adding or removing a second camera.
+- SIGHUP every ``--hup-every`` seconds, adding or removing a second camera;
+- with ``--hogs N``, N processes that burn CPU in bursts (busy, then idle, for
+  0.2 to 2 s each, at random): a box briefly starved by other work, which must
+  not cost the steady viewers a frame.
 
 Every ``--sample-every`` seconds it prints the relay's resident memory, open
 file descriptors, CPU and what it has seen. At the end it compares the last
@@ -27,6 +30,7 @@ stop the relay; it exits non-zero otherwise.
     .venv/bin/python benchmarks/soak.py                 # 30 minutes
     .venv/bin/python benchmarks/soak.py --minutes 3     # a quick look
     .venv/bin/python benchmarks/soak.py --json
+    .venv/bin/python benchmarks/soak.py --minutes 10 --hogs 4 --baseline /tmp/base
 
 This is a benchmark, not a test: it takes half an hour and its numbers
 depend on the machine.
@@ -252,6 +256,26 @@ async def stalled(port: int, count: int, stop: asyncio.Event, tally: Tally) -> N
         s.close()
 
 
+# --- other work on the box -------------------------------------------------------------------
+
+# Busy, then idle, for 0.2 to 2 s each: the machine is starved now and then, as
+# by other processes' bursts, not short of CPU for the relay's steady work.
+# Each ends when the soak does, however it ends.
+HOG = """
+import os, random, time
+parent = os.getppid()
+while os.getppid() == parent:
+    end = time.monotonic() + random.uniform(0.2, 2)
+    while time.monotonic() < end:
+        pass
+    time.sleep(random.uniform(0.2, 2))
+"""
+
+
+def start_hogs(count: int) -> list[subprocess.Popen[bytes]]:
+    return [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(count)]
+
+
 # --- the relay --------------------------------------------------------------------------------
 
 
@@ -281,6 +305,31 @@ def relay_loop_lags(port: int) -> tuple[float, float]:
             buckets[le] = float(line.rsplit(" ", 1)[1])
     total = buckets.get("+Inf", 0.0)
     return total - buckets.get("0.25", total), total - buckets.get("1.0", total)
+
+
+def metric_text(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            return str(r.read().decode())
+    except OSError:
+        return ""
+
+
+def counter(text: str, name: str, labels: str) -> float:
+    prefix = f"{name}{{{labels}}} "
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(prefix))
+
+
+def bucket_quantile(text: str, name: str, q: float) -> float:
+    """The bucket bound (seconds) below which ``q`` of a histogram's observations fall."""
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
+    total = buckets[-1][1] if buckets else 0.0
+    return next((le for le, n in buckets if total and n >= q * total), float("nan"))
 
 
 def descriptors(pid: int) -> int:
@@ -322,12 +371,13 @@ async def sampler(pid: int, port: int, every: float, stop: asyncio.Event, tally:
             print(" ".join(f"{k}={v}" for k, v in sample.items()), flush=True)
 
 
-def start_relay(config: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_relay(config: Path, log: Path, root: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
+    # From `root`: `-m` imports the cxrelay there first (another version, --baseline).
     proc = subprocess.Popen(
         [sys.executable, "-m", "cxrelay", "serve", "--config", str(config),
          "--host", "127.0.0.1", "--port", str(port), "--log-format", "json"],
-        stdout=log.open("wb"), stderr=subprocess.PIPE)
+        stdout=log.open("wb"), stderr=subprocess.PIPE, cwd=root)
     for _ in range(200):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
@@ -358,7 +408,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cxrelay-soak-") as tmp:
         config, log = Path(tmp) / "cxrelay.toml", Path(tmp) / "relay.log"
         config.write_text(config_text(False))
-        proc, port = start_relay(config, log)
+        proc, port = start_relay(config, log, args.baseline or ROOT)
+        hogs = start_hogs(args.hogs)
         started = time.monotonic()
         stop = asyncio.Event()
         flood_stop = threading.Event()
@@ -379,6 +430,10 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         flood_stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.to_thread(flood.join, 10)
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+        metrics = await asyncio.to_thread(metric_text, port)
         alive = proc.poll() is None
         sigterm = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -395,8 +450,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     steady_ids = [e["viewer"] for e in events if e["event"] == "viewer joined"][:args.steady]
     steady_drops = sum(e.get("frames", 0) for e in events
                        if e["event"] == "frames dropped" and e.get("viewer") in steady_ids)
-    steady_slow = sum(1 for e in events if e["event"].startswith("link slow")
-                      and e.get("viewer") in steady_ids)
+    link_slow = [e for e in events if e["event"].startswith("link slow")]
+    steady_slow = sum(1 for e in link_slow if e.get("viewer") in steady_ids)
     behind = [e for e in events if e["event"].startswith("relay behind")]
     reloads = [e for e in events if e["event"] == "reloaded"]
     rejected = [e for e in events if e["event"].startswith("reload rejected")]
@@ -417,6 +472,17 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         # The relay skipping every viewer to the next keyframe, itself too far behind.
         "relay_behind_events": len(behind),
         "relay_behind_ms_max": max((e.get("behind_ms", 0) for e in behind), default=0),
+        "relay_busy_frames_dropped": counter(metrics, "cxrelay_frames_dropped_total",
+                                             'reason="relay_busy"'),
+        "link_slow_events_all_viewers": len(link_slow),
+        "link_slow_kbps_zero": sum(1 for e in link_slow if e.get("link_kbps") == 0),
+        # Bucket bounds, in ms: the loop's lag, and the part of it not spent waiting for a CPU.
+        "relay_loop_lag_ms_p50_p99": [
+            bucket_quantile(metrics, "cxrelay_loop_lag_seconds", q) * 1000 for q in (0.5, 0.99)],
+        "relay_loop_lag_own_ms_p50_p99": [
+            bucket_quantile(metrics, "cxrelay_loop_lag_own_seconds", q) * 1000
+            for q in (0.5, 0.99)],
+        "hogs": args.hogs,
         "soak_loop_late_over_1s": tally.own_lag_over_1s,
         "soak_loop_late_max_s": round(tally.own_lag_max, 2),
         "relay_loop_late_over_250ms": tally.samples[-1]["relay_lag_over_250ms"]
@@ -436,6 +502,10 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "sighups": tally.hups,
         "reloads_logged": len(reloads),
         "reloads_rejected": len(rejected),
+        "rss_mib_start_end": [tally.samples[0]["rss_mib"], tally.samples[-1]["rss_mib"]]
+        if tally.samples else None,
+        "fds_start_end": [tally.samples[0]["fds"], tally.samples[-1]["fds"]]
+        if tally.samples else None,
         "rss_mib_peak_first_third": rss[0],
         "rss_mib_peak_last_third": rss[1],
         "fds_peak_first_third": fds[0],
@@ -477,6 +547,10 @@ def main() -> None:
     parser.add_argument("--stalled", type=int, default=20)
     parser.add_argument("--hup-every", type=float, default=60)
     parser.add_argument("--sample-every", type=float, default=30)
+    parser.add_argument("--hogs", type=int, default=0,
+                        help="processes burning CPU in bursts (a briefly starved box)")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="run the relay of another cxrelay checkout")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep-log", type=Path, metavar="FILE",
                         help="keep the relay's JSON log there")

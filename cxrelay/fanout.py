@@ -84,6 +84,12 @@ class FrameJob(Job):
         super().__init__(seq, viewers, joined, done)
         self.frame = frame
 
+    def run(self, deadline: float) -> bool:
+        # Once per slice: a slice ends at the first batch after a stall, so only
+        # the rest of that batch can get a time older than its write.
+        self.frame.handed_us = time.time_ns() // 1000
+        return super().run(deadline)
+
     def deliver(self, viewer: Subscriber) -> int:
         return viewer.send_frame(self.frame)
 

@@ -4,10 +4,11 @@ The backlog sees only the frames cxrelay still holds. Once written, a frame wait
 transport's buffer, then in the kernel's socket (unsent, then in flight until the client
 acknowledges it). On a link slower than the stream, that is where the seconds pile up
 (docs/latency.md): the kernel grows a socket's send buffer to megabytes. This ledger counts
-those bytes too. Every write is recorded with the time its frame was queued; a sample of
-how many bytes the transport and the kernel still hold (the viewer reads SIOCOUTQ) tells
-which frames the client has, how old the oldest undelivered one is, and how fast the link
-drains.
+those bytes too. Every write is recorded with the time its frame was handed to the viewer
+(what it waited before, in a busy relay, is not the link's doing); a sample of how many
+bytes the transport and the kernel still hold (the viewer reads SIOCOUTQ), with the time
+it was taken (never a frame's: on a loop that ran late, those lie), tells which frames the
+client has, how old the oldest undelivered one is, and how fast the link drains.
 
 From that, frame by frame:
 

@@ -10,6 +10,11 @@ On a busy machine part of a lag is the process waiting for a CPU, which no
 code of the relay can help. Linux counts that wait per thread
 (/proc/thread-self/schedstat, "run_delay"); what remains is how long the
 relay's own work held the loop (``cxrelay_loop_lag_own_seconds``).
+
+The hubs ask the same question of their fan-out (``LoopLag.of(loop)``): a
+frame that waited long in the queue while the loop's thread waited for a CPU
+is late because the machine was busy, and the queue drains as soon as the
+thread runs again; only what is left is the relay falling behind.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import weakref
 
 from prometheus_client import Histogram
 
@@ -25,6 +31,9 @@ SCHEDSTAT = "/proc/thread-self/schedstat"
 
 
 class LoopLag:
+    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopLag] = \
+        weakref.WeakKeyDictionary()
+
     def __init__(self, lag: Histogram, own: Histogram,
                  interval: float = DEFAULT_INTERVAL) -> None:
         self.lag = lag
@@ -42,15 +51,30 @@ class LoopLag:
         with contextlib.suppress(OSError):
             self._schedstat = os.open(SCHEDSTAT, os.O_RDONLY)
             self._waited_ns = self._run_delay_ns()
+            self._by_loop[self._loop] = self
         self._schedule(self._loop.time())
 
     def stop(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        if self._loop is not None and self._by_loop.get(self._loop) is self:
+            del self._by_loop[self._loop]
         if self._schedstat is not None:
             os.close(self._schedstat)
             self._schedstat = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> LoopLag | None:
+        """The loop's running monitor, if it has one that can tell CPU waits."""
+        return cls._by_loop.get(loop)
+
+    def waited_us(self, *, now: bool = False) -> int:
+        """How long the loop's thread has waited, runnable, for a CPU so far (µs): as of
+        the last tick (no system call), or ``now`` (call it on the loop's thread)."""
+        if now and self._schedstat is not None:
+            return self._run_delay_ns() // 1000
+        return self._waited_ns // 1000
 
     def _run_delay_ns(self) -> int:
         """Nanoseconds this thread has waited, runnable, for a CPU."""

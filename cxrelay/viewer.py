@@ -212,8 +212,8 @@ class Viewer:
         if self._direct and self.transport.get_write_buffer_size() <= HIGH_WATER \
                 and self.ws.state is OPEN:
             ledger = self._ledger
-            if ledger is not None and not ledger.write_direct(len(frame.wire), frame.ingest_us):
-                return self._admit(frame, frame.ingest_us)
+            if ledger is not None and not ledger.write_direct(len(frame.wire), frame.handed_us):
+                return self._admit(frame, wall_us())
             self.transport.write(frame.wire)
             frame.delivered += 1
             self.sent_frames += 1
@@ -311,10 +311,11 @@ class Viewer:
             self.backlog.dropped += 1
             return 1
         if admit is Admit.WRITE_DISCONTINUITY or backlog_flagged:
-            self._write_frame(with_flags(frame.message, FLAG_DISCONTINUITY), frame.ingest_us)
+            self._write_frame(with_flags(frame.message, FLAG_DISCONTINUITY), frame.ingest_us,
+                              frame.handed_us)
             return 0
         self.transport.write(frame.wire)
-        ledger.wrote(len(frame.wire), frame.ingest_us, now_us)
+        ledger.wrote(len(frame.wire), frame.handed_us, now_us)
         self.sent_frames += 1
         self.metrics.delivered(len(frame.wire), frame.ingest_us)
         return 0

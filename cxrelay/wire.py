@@ -19,6 +19,7 @@ its documented ``create_connection``. It adds only asyncio protocol callbacks:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -54,17 +55,22 @@ def text_frame(text: str) -> bytes:
 class Outgoing:
     """One live frame as every viewer gets it: the protocol message and its
     WebSocket bytes, built once. ``delivered`` counts the viewers that wrote it
-    straight to their transport (the hub reports them in one go)."""
+    straight to their transport (the hub reports them in one go). ``handed_us``
+    (wall clock) is when the fan-out handed it to viewers: their link is judged
+    from then, as what it waited before (a busy or starved relay) was not the
+    link's doing."""
 
     message: bytes
     wire: bytes
     keyframe: bool
     ingest_us: int
+    handed_us: int
     delivered: int = 0
 
     @classmethod
     def frame(cls, message: bytes, *, keyframe: bool) -> Outgoing:
-        return cls(message, binary_frame(message), keyframe, HEADER.unpack_from(message)[2])
+        return cls(message, binary_frame(message), keyframe, HEADER.unpack_from(message)[2],
+                   time.time_ns() // 1000)
 
 
 class RelayConnection(ServerConnection):
