@@ -48,9 +48,10 @@ from cxrelay.wire import Outgoing
 log = structlog.get_logger("cxrelay.camera")
 
 STATS_WINDOW_US = 5_000_000
-# A frame that waited in the fan-out queue while the loop's thread waited for a
-# CPU is not the relay falling behind, up to this many delay bounds: past that
-# its viewers skip to the next keyframe all the same (the machine can't run it).
+# A frame that waited in the fan-out queue while the loop's thread did not run
+# (a machine busy with other work) is not the relay falling behind, up to this
+# many delay bounds: past that its viewers skip to the next keyframe all the
+# same (the machine can't run the relay).
 STARVED_MAX = 3
 
 # Makes a camera's source (a thread, not yet started) that reports to the sink.
@@ -139,7 +140,7 @@ class CameraHub:
         self._joined: dict[Subscriber, int] = {}
         self.fanout = Fanout.of(loop)
         # This hub's frames still waiting in the fan-out queue, oldest first: their
-        # ingest time, and how long the loop's thread had waited for a CPU by then.
+        # ingest time, and the CPU time the loop's thread had used by then.
         self._queued: deque[tuple[int, int]] = deque()
         self._resync = False  # skipping to the next keyframe: the relay was behind
         self._streams = streams or (lambda: [self.size()])
@@ -405,7 +406,7 @@ class CameraHub:
             message = with_flags(message, FLAG_DISCONTINUITY)
         frame = Outgoing.frame(message, keyframe=unit.keyframe)
         lag = LoopLag.of(self.loop)
-        self._queued.append((unit.ingest_us, lag.waited_us() if lag is not None else 0))
+        self._queued.append((unit.ingest_us, lag.cpu_us() if lag is not None else 0))
         self._jobs += 1
         self.fanout.push(FrameJob(self._jobs, list(self.viewers if unit.keyframe else
                                                    self._motion),
@@ -416,9 +417,10 @@ class CameraHub:
         that waited longer than the delay bound while the loop ran: more
         viewers than the CPU can serve) that this frame must go? Then every
         viewer skips to the next keyframe, flagged as a discontinuity, as a slow
-        viewer does on its own. Time the loop's thread spent waiting for a CPU
-        (a machine busy with other work) doesn't count, up to STARVED_MAX
-        bounds: the queue drains as soon as the thread runs."""
+        viewer does on its own. Only the CPU time the loop's thread used
+        meanwhile counts, up to STARVED_MAX bounds: time it did not run (a
+        machine busy with other work) is no sign the relay can't keep up, and
+        the queue drains as soon as the thread runs."""
         if self._resync and not unit.keyframe:
             self._dropped_busy.inc()
             return True
@@ -426,18 +428,18 @@ class CameraHub:
         if not queued or unit.keyframe:
             return False
         bound_us = self.limits.max_delay * 1e6
-        oldest_us, waited_us = queued[0]
+        oldest_us, cpu_us = queued[0]
         waiting_us = unit.ingest_us - oldest_us
         if waiting_us <= bound_us:
             return False
         lag = LoopLag.of(self.loop)
-        starved_us = lag.waited_us(now=True) - waited_us if lag is not None else 0
-        if waiting_us - starved_us <= bound_us and waiting_us <= STARVED_MAX * bound_us:
+        busy_us = lag.cpu_us(now=True) - cpu_us if lag is not None else waiting_us
+        if busy_us <= bound_us and waiting_us <= STARVED_MAX * bound_us:
             return False
         if not self._resync:
             self.log.warning("relay behind, viewers skip to the next keyframe",
                              queued_frames=len(queued), behind_ms=waiting_us // 1000,
-                             starved_ms=starved_us // 1000)
+                             loop_cpu_ms=busy_us // 1000)
         self._resync = True
         self._dropped_busy.inc()
         return True

@@ -11,10 +11,13 @@ code of the relay can help. Linux counts that wait per thread
 (/proc/thread-self/schedstat, "run_delay"); what remains is how long the
 relay's own work held the loop (``cxrelay_loop_lag_own_seconds``).
 
-The hubs ask the same question of their fan-out (``LoopLag.of(loop)``): a
-frame that waited long in the queue while the loop's thread waited for a CPU
-is late because the machine was busy, and the queue drains as soon as the
-thread runs again; only what is left is the relay falling behind.
+The hubs ask a like question of their fan-out (``LoopLag.of(loop)``): did
+the loop's thread use the CPU while a frame waited in the queue? If it mostly
+did not run (waiting for a CPU, or for the interpreter lock held by another
+thread that was), the frame is late because the machine was busy, and the
+queue drains as soon as the thread runs again; only CPU the loop used counts
+as the relay falling behind. The thread's CPU time costs a system call, so it
+is read at each tick, and at once only when a frame has waited long.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import weakref
 
 from prometheus_client import Histogram
@@ -45,13 +49,15 @@ class LoopLag:
         self._due = 0.0
         self._schedstat: int | None = None  # the loop thread's, opened on the loop
         self._waited_ns = 0
+        self._cpu_ns = 0  # the loop thread's CPU time at the last tick
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         with contextlib.suppress(OSError):
             self._schedstat = os.open(SCHEDSTAT, os.O_RDONLY)
             self._waited_ns = self._run_delay_ns()
-            self._by_loop[self._loop] = self
+        self._cpu_ns = time.thread_time_ns()
+        self._by_loop[self._loop] = self
         self._schedule(self._loop.time())
 
     def stop(self) -> None:
@@ -66,15 +72,13 @@ class LoopLag:
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> LoopLag | None:
-        """The loop's running monitor, if it has one that can tell CPU waits."""
+        """The loop's running monitor, if it has one."""
         return cls._by_loop.get(loop)
 
-    def waited_us(self, *, now: bool = False) -> int:
-        """How long the loop's thread has waited, runnable, for a CPU so far (µs): as of
-        the last tick (no system call), or ``now`` (call it on the loop's thread)."""
-        if now and self._schedstat is not None:
-            return self._run_delay_ns() // 1000
-        return self._waited_ns // 1000
+    def cpu_us(self, *, now: bool = False) -> int:
+        """The CPU time the loop's thread has used so far (µs): as of the last tick (no
+        system call), or ``now`` (call it on the loop's thread)."""
+        return (time.thread_time_ns() if now else self._cpu_ns) // 1000
 
     def _run_delay_ns(self) -> int:
         """Nanoseconds this thread has waited, runnable, for a CPU."""
@@ -92,6 +96,7 @@ class LoopLag:
         lag = max(0.0, now - self._due)
         self.lag.observe(lag)
         self.worst = max(self.worst, lag)
+        self._cpu_ns = time.thread_time_ns()
         if self._schedstat is not None:
             waited = self._run_delay_ns()
             self.own.observe(max(0.0, lag - (waited - self._waited_ns) / 1e9))

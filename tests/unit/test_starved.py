@@ -149,17 +149,17 @@ async def test_a_stall_of_the_link_itself_still_cuts(link_viewer: tuple[Viewer, 
 
 
 class StarvedLoop(LoopLag):
-    """A loop-lag monitor whose thread's CPU wait the test sets (µs)."""
+    """A loop-lag monitor whose thread's CPU time the test sets (µs)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         metrics = Metrics()
         super().__init__(metrics.loop_lag, metrics.loop_lag_own)
-        self.cpu_wait_us = 0
+        self.used_us = 0
         self._loop = loop
         self._by_loop[loop] = self
 
-    def waited_us(self, *, now: bool = False) -> int:
-        return self.cpu_wait_us
+    def cpu_us(self, *, now: bool = False) -> int:
+        return self.used_us
 
 
 @pytest.fixture
@@ -178,22 +178,24 @@ async def starved_hub() -> AsyncIterator[tuple[CameraHub, Any, StarvedLoop]]:
 def publish_late(hub: CameraHub, source: Any, monitor: StarvedLoop, count: int,
                  starved: float) -> list[int]:
     """`count` frames arrive 40 ms apart while the fan-out never gets to run (the loop
-    is held): of each 40 ms, `starved` waiting for a CPU. Returns the pts received."""
+    is held): of each 40 ms, the loop's thread does not run for `starved` (waiting for
+    a CPU, or for the interpreter lock) and uses the CPU for the rest. Returns the pts
+    received."""
     viewer = new_viewer(hub)
     hub.attach(viewer)
     units = access_units()
     for i in range(count):
-        monitor.cpu_wait_us = int(i * FRAME_US * starved)
+        monitor.used_us = int(i * FRAME_US * (1 - starved))
         hub.source_pictures(source, source.ingest.push(units[i % len(units)], i * FRAME_US,
                                                        i * FRAME_US))
     hub.fanout.flush()
     return [f.pts_us // FRAME_US for f in frames_of(viewer)]
 
 
-async def test_frames_late_because_the_loop_waited_for_a_cpu_are_all_sent(
+async def test_frames_late_because_the_loop_did_not_run_are_all_sent(
         starved_hub: tuple[CameraHub, Any, StarvedLoop]) -> None:
-    """2 s of frames pile up in the queue, but the loop's thread was waiting for a CPU
-    for 90 % of it (its own work: 0.2 s): nothing skipped, nothing counted busy."""
+    """2 s of frames pile up in the queue, but the loop's thread did not run for 90 % of
+    it (its own work: 0.2 s of CPU): nothing skipped, nothing counted busy."""
     hub, source, monitor = starved_hub
     count = 2 * 25
     assert count * FRAME_US < STARVED_MAX * hub.limits.max_delay * 1e6
@@ -203,7 +205,7 @@ async def test_frames_late_because_the_loop_waited_for_a_cpu_are_all_sent(
 
 async def test_a_loop_held_by_the_relays_own_work_still_skips_to_a_keyframe(
         starved_hub: tuple[CameraHub, Any, StarvedLoop]) -> None:
-    """The same 2 s, but the loop's thread had the CPU (waited 10 % for it): the relay is
+    """The same 2 s, but the loop's thread used the CPU for 90 % of it: the relay is
     behind, so its viewers skip to the next keyframe."""
     hub, source, monitor = starved_hub
     pts = publish_late(hub, source, monitor, 2 * 25, starved=0.1)
