@@ -13,10 +13,10 @@ came (the learned slice layout says so) and no NAL unit of it may still be
 missing a fragment. One it can't tell is whole (the layout is not known yet,
 or differs; or its last NAL unit ended on a full-size fragment, which may go
 on) waits for the next packet, whose start tells, or for about one frame
-interval. A few milliseconds of quiet are no evidence: the quiet is measured
-from the source thread's last push, and a thread starved of CPU (or of the
-GIL) leaves the rest of the picture unread in the socket meanwhile; an idle
-flush then cuts the picture short.
+interval (longer for a fragment, see HOLD_MAX_US). A few milliseconds of quiet
+are no evidence: the quiet is measured from the source thread's last push, and
+a thread starved of CPU (or of the GIL) leaves the rest of the picture unread
+in the socket meanwhile; an idle flush then cuts the picture short.
 
 A codec plugs in by implementing ``Assembler`` (and its ``AccessUnit``) and
 adding a branch to ``new_assembler``; the sources choose the codec through
@@ -51,6 +51,11 @@ __all__ = [
 # a camera that pauses. Not less than a starved thread's usual lag behind the
 # socket (a few scheduler slices on a loaded machine); not more than a
 # fraction of a second for a camera that sends a picture a second.
+# A NAL unit that ended on a full-size fragment waits HOLD_MAX_US: a
+# payloader sends a NAL unit's fragments back to back, so only a starved
+# thread keeps them apart, and the chance that a full-size fragment was the
+# last is about one in the fragment size (seen at load 19 on 2 cores: a
+# thread starved past a 40 ms hold between two fragments).
 HOLD_MIN_US = 25_000
 HOLD_MAX_US = 250_000
 _HOLD_UNKNOWN_US = 100_000  # before two pictures give the frame interval
@@ -186,7 +191,7 @@ class Ingest:
 
     @property
     def hold_us(self) -> int:
-        """How long a picture that may not be whole waits for more packets."""
+        """How long a picture whose last slice can't be told waits for more packets."""
         if self._hold_us is not None:
             return self._hold_us
         if not self._steps:
@@ -209,9 +214,13 @@ class Ingest:
                 units += assembler.push(chunk.data, chunk.pts_us, chunk.ingest_us)
         # Held: a NAL unit that ended on a full-size fragment, or a picture
         # whose last slice can't be told. Only more data says it is whole.
-        waiting = (self._joiner is not None and self._joiner.pending) or (
-            assembler.pending and not assembler.slice_count_known)
-        self.deadline_us = received_us + self.hold_us if waiting else None
+        if self._joiner is not None and self._joiner.pending:
+            hold: int | None = HOLD_MAX_US if self._hold_us is None else self._hold_us
+        elif assembler.pending and not assembler.slice_count_known:
+            hold = self.hold_us
+        else:
+            hold = None
+        self.deadline_us = None if hold is None else received_us + hold
         return self._result(units)
 
     def flush(self, now_us: int | None = None) -> IngestResult:

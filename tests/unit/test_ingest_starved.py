@@ -23,6 +23,8 @@ from tests.unit.test_assembler_properties import CODECS, H264, H265, Codec, acce
 # A thread that lost the CPU for this long between two reads: well past the
 # old few-millisecond idle flush, short of the shortest hold.
 STARVED_US = 15_000
+# Between two fragments of a NAL unit it may be starved for longer.
+STARVED_FRAGMENT_US = 200_000
 assert STARVED_US < HOLD_MIN_US
 # A payloader's fragment size (FU payload bytes): the test camera's at MTU 500.
 # (Below _UNKNOWN_FRAGMENT_GUESS the joiner can't tell a first fragment from a
@@ -105,7 +107,8 @@ def test_a_starved_thread_never_gets_a_picture_cut(codec: Codec) -> None:
 
 def test_a_fragment_cut_by_the_timer_is_not_sent() -> None:
     """The case found under load: the timer fires between two fragments of a
-    slice, the rest of which the starved thread reads right after."""
+    slice, the rest of which the thread, starved for a good while (longer
+    than a frame interval), reads after."""
     aus = access_units(H265, "h265_slices4")[:6]
     nals = aus[5][1]
     ingest = Ingest(info(H265), from_keyframe=False)
@@ -122,9 +125,9 @@ def test_a_fragment_cut_by_the_timer_is_not_sent() -> None:
         out += ingest.push(packet, pts, pts).frames
     deadline = ingest.deadline_us
     assert deadline is not None  # a full-size fragment: it may go on
-    assert not ingest.flush(pts + STARVED_US).frames
+    assert not ingest.flush(pts + STARVED_FRAGMENT_US).frames
     for packet in packets[cut:]:
-        out += ingest.push(packet, pts, pts + STARVED_US).frames
+        out += ingest.push(packet, pts, pts + STARVED_FRAGMENT_US).frames
     out += ingest.flush().frames
     assert [f.data for f in out] == reference(H265, aus)
 
@@ -162,13 +165,14 @@ def test_the_hold_is_bounded(codec: Codec) -> None:
             ingest.push(packet, pts, pts)
     interval = aus[1][0] - aus[0][0]
     assert ingest.hold_us == max(interval, HOLD_MIN_US)
-    # A fragment that may go on waits one frame interval for the rest.
+    # A fragment that may go on waits longer for the rest: only a starved
+    # thread keeps two fragments of a NAL unit apart.
     pts, nals = aus[6]
     packets = packets_of(codec, nals, FRAGMENT)
     cut = next(i for i, p in enumerate(packets) if not p.startswith(b"\x00\x00"))
     for packet in packets[:cut]:
         result = ingest.push(packet, pts, pts + 7)
-    assert result.deadline_us == pts + 7 + ingest.hold_us
+    assert result.deadline_us == pts + 7 + HOLD_MAX_US
 
 
 @CODECS
