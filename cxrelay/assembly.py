@@ -58,7 +58,7 @@ class AccessUnit(Generic[S]):
     keyframe: bool  # a decoder can start here; then data always holds the parameter sets
     sps: S | None  # the SPS active for its slices (None only if unknown)
     discontinuity: bool  # units were dropped (partial/corrupt) since the previous one emitted
-    slices: int  # number of VCL NAL units
+    slices: int  # number of slices (VCL NAL units of the types the codec reads)
 
     @property
     def params(self) -> StreamParams | None:

@@ -46,7 +46,8 @@ H264 = Codec("h264", h264.AccessUnitAssembler, h264.nal_type,
              ("baseline", "slices4", "bframes", "sei_aud", "slice_change", "variant_interlaced"),
              ".h264")
 H265 = Codec("h265", h265.AccessUnitAssembler, h265.nal_type,
-             lambda nal: h265.nal_type(nal) < 32 and not h265.layer_id(nal), h265.IRAP,
+             # Reserved VCL types (10-15, 22-31) ride along unread: not slices.
+             lambda nal: h265.nal_type(nal) in h265.SLICES and not h265.layer_id(nal), h265.IRAP,
              (h265.NAL_VPS, h265.NAL_SPS, h265.NAL_PPS), 2, h265.H265Error,
              h265.parse_extradata,
              ("h265_main", "h265_slices4", "h265_bframes", "h265_sei_aud", "h265_slice_change",
