@@ -49,9 +49,9 @@ log = structlog.get_logger("cxrelay.camera")
 
 STATS_WINDOW_US = 5_000_000
 # A frame that waited in the fan-out queue while the loop's thread did not run
-# (a machine busy with other work) is not the relay falling behind, up to this
-# many delay bounds: past that its viewers skip to the next keyframe all the
-# same (the machine can't run the relay).
+# (a machine busy with other work) is not the relay falling behind, unless the
+# frames queued behind it span this many delay bounds: then its viewers skip to
+# the next keyframe all the same (the machine can't run the relay).
 STARVED_MAX = 3
 
 # Makes a camera's source (a thread, not yet started) that reports to the sink.
@@ -418,9 +418,11 @@ class CameraHub:
         viewers than the CPU can serve) that this frame must go? Then every
         viewer skips to the next keyframe, flagged as a discontinuity, as a slow
         viewer does on its own. Only the CPU time the loop's thread used
-        meanwhile counts, up to STARVED_MAX bounds: time it did not run (a
-        machine busy with other work) is no sign the relay can't keep up, and
-        the queue drains as soon as the thread runs."""
+        meanwhile counts: time it did not run (a machine busy with other work)
+        is no sign the relay can't keep up, and the queue drains as soon as the
+        thread runs. Unless the queue itself holds frames spanning STARVED_MAX
+        bounds (the source kept up, the loop never did): a whole process that
+        stood still leaves one old frame there, and nothing to skip."""
         if self._resync and not unit.keyframe:
             self._dropped_busy.inc()
             return True
@@ -434,7 +436,7 @@ class CameraHub:
             return False
         lag = LoopLag.of(self.loop)
         busy_us = lag.cpu_us(now=True) - cpu_us if lag is not None else waiting_us
-        if busy_us <= bound_us and waiting_us <= STARVED_MAX * bound_us:
+        if busy_us <= bound_us and queued[-1][0] - oldest_us <= STARVED_MAX * bound_us:
             return False
         if not self._resync:
             self.log.warning("relay behind, viewers skip to the next keyframe",

@@ -215,9 +215,29 @@ async def test_a_loop_held_by_the_relays_own_work_still_skips_to_a_keyframe(
 
 async def test_a_loop_starved_for_too_long_skips_all_the_same(
         starved_hub: tuple[CameraHub, Any, StarvedLoop]) -> None:
-    """Starved for more than STARVED_MAX bounds: the machine can't run the relay;
-    its viewers skip rather than fall ever further behind."""
+    """The source kept up, the loop never ran: the queue holds more than STARVED_MAX
+    bounds of frames. The machine can't run the relay; its viewers skip rather than
+    fall ever further behind."""
     hub, source, monitor = starved_hub
     count = int((STARVED_MAX + 1) * hub.limits.max_delay * 25) + 1
     pts = publish_late(hub, source, monitor, count, starved=1.0)
     assert pts[:STARVED_MAX * 25] == list(range(STARVED_MAX * 25)) and len(pts) < count
+
+
+async def test_a_whole_relay_that_stood_still_skips_nothing(
+        starved_hub: tuple[CameraHub, Any, StarvedLoop]) -> None:
+    """The whole process stood still for longer than STARVED_MAX bounds (the source's
+    thread too): one frame waited in the queue all that time, the next comes long after.
+    Nothing is behind but that one frame: nothing skipped."""
+    hub, source, _ = starved_hub
+    viewer = new_viewer(hub)
+    hub.attach(viewer)
+    units = access_units()
+    gap = int((STARVED_MAX + 1) * hub.limits.max_delay * 1e6)
+    for i in range(10):
+        ingest_us = i * FRAME_US + (gap if i >= 5 else 0)
+        hub.source_pictures(source, source.ingest.push(units[i], i * FRAME_US, ingest_us))
+        if i != 4:  # the fan-out runs, except while everything stood still
+            hub.fanout.flush()
+    assert [f.pts_us // FRAME_US for f in frames_of(viewer)] == list(range(10))
+    assert hub.metrics.frames_dropped.labels("relay_busy")._value.get() == 0
