@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Glass: capture-to-screen latency, read from the pixels.
+"""Glass: capture-to-screen latency, read from the pixels, in every engine.
 
 The test camera draws each picture's capture time into it (`rtsp_camera.py --glass`:
 a strip of black and white blocks with a CRC, tests/camera/glass.py). The same camera
@@ -7,54 +7,57 @@ is read, one after the other, for --seconds each:
 
   floor      GStreamer's own client: rtspsrc latency=0 -> avdec_h264 -> the code read from
              each decoded picture (benchmarks/glass_floor.py). No screen: decode is the end.
-  webcodecs  cxrelay -> <cxrelay-player> in headless Chromium, its WebCodecs path: the
-             code read off the player's canvas on every animation frame
-  mse        the same page with VideoDecoder removed, so the player takes its Media Source
-             Extensions path: the code read off the <video> on every frame it presents
-             (requestVideoFrameCallback, at its expected display time)
+  webcodecs  cxrelay -> <cxrelay-player> on a secure origin (http://localhost), its WebCodecs
+             path: the code read off the player's canvas on every animation frame
+  mse        the same on a non-secure origin (http://cxrelay.test, like a plain http:// LAN
+             page; WebKitGTK, which offers WebCodecs there too, gets VideoDecoder deleted), so
+             the player takes its Media Source Extensions path: the code read off the <video>
+             on every frame it presents (requestVideoFrameCallback, at its expected display
+             time)
 
-and prints, side by side, capture -> screen p50/p90/p99 per path, the player's own latency
-figure (stats.latency: relay ingest -> paint), and where the browser's time goes: arrival
-of the WebSocket message, decoder output, the canvas paint (WebCodecs), measured by hooks
-the page puts around WebSocket, VideoDecoder and drawImage before the player loads.
+in each engine (chromium, firefox, webkit: the test suite's page drivers,
+tests/browser/engines.py), and prints, side by side, capture -> screen p50/p90/p99 per
+engine and path, the player's own latency figure (stats.latency: relay ingest -> paint) at
+the same moments, and where the browser's time goes: arrival of the WebSocket message,
+decoder output, the canvas paint (WebCodecs), measured by hooks the page puts around
+WebSocket, VideoDecoder and drawImage before the player loads.
 
     .venv/bin/python benchmarks/glass.py                  # 20 s per path, Markdown
-    .venv/bin/python benchmarks/glass.py --seconds 30 --size 1280x720 --json
+    .venv/bin/python benchmarks/glass.py --engines chromium --seconds 30 --size 1280x720 --json
+    .venv/bin/python benchmarks/glass.py --paths mse --player /tmp/cxrelay.js  # a change, beside
 
-Engines: Chromium (Playwright driving Debian's /usr/bin/chromium). The page script
-(GLASS_JS) is engine-neutral: another engine needs only a `run_<engine>` that opens the
-page with it (Firefox over WebDriver BiDi, WebKitGTK over WebKitWebDriver) and returns
-`window.__glass`.
-
-A benchmark, not a test: numbers depend on the machine and its load.
+A benchmark, not a test: numbers depend on the machine and its load (printed with them).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
-import time
-import urllib.request
+import tempfile
+import threading
+from functools import partial
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.browser.conftest import BLANK, Daemon, Site, _Quiet, running  # noqa: E402
+from tests.browser.engines import ENGINES, Page, launch  # noqa: E402
+from tests.browser.pages import IMPORT_JS  # noqa: E402
+from tests.browser.test_player import HIDE_WEBCODECS_JS, INSECURE_MODE  # noqa: E402
 from tests.camera.glass import unwrap_ms  # noqa: E402
 from tests.camera.harness import SYSTEM_PYTHON, RtspCamera  # noqa: E402
-from tests.support import free_port  # noqa: E402
 
 FLOOR = Path(__file__).resolve().parent / "glass_floor.py"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required",
-]
 PATHS = ("floor", "webcodecs", "mse")
+VARIANT = "player-variant.js"  # --player, served by the test site
 
 # Put in the page before anything else runs. Records, in ms on the page's wall clock
 # (performance.timeOrigin + performance.now(), the same clock as the camera's):
@@ -65,12 +68,10 @@ PATHS = ("floor", "webcodecs", "mse")
 #             on the canvas, dated with the animation frame it was painted in (it is
 #             presented at the end of that frame); on the <video>, with the time
 #             requestVideoFrameCallback expects it to be displayed
-GLASS_JS = r"""
-(() => {
+GLASS_JS = r"""() => {
   const G = (window.__glass = {
     arrivals: [], decoded: [], painted: [], shown: [], ahead: [], mode: null });
   const now = () => performance.timeOrigin + performance.now();
-  if (window.__glassNoDecoder) { delete window.VideoDecoder; delete window.VideoFrame; }
 
   // The glass code: 3 rows of 32 cells; bit i is cells 2i (white for 1) and 2i+1.
   const scratch = new OffscreenCanvas(128, 12);
@@ -158,36 +159,42 @@ GLASS_JS = r"""
       seen(video, video.videoWidth, performance.timeOrigin + meta.expectedDisplayTime, player);
       video.requestVideoFrameCallback(onFrame);
     };
-    if (video && video.requestVideoFrameCallback) video.requestVideoFrameCallback(onFrame);
+    const frameCallbacks = video && !!video.requestVideoFrameCallback;
+    if (frameCallbacks) video.requestVideoFrameCallback(onFrame);
     // The player paints in an animation frame callback registered after ours: read the
-    // canvas once every callback of the frame has run, and date it with that frame.
+    // canvas once every callback of the frame has run, and date it with that frame. (A
+    // <video> without requestVideoFrameCallback is read the same way.)
     const onAnimation = (frameTime) => {
       setTimeout(() => {
-        if (player.stats.mode === 'webcodecs' && canvas.width) {
-          G.mode = 'webcodecs';
+        const mode = player.stats.mode;
+        if (mode === 'webcodecs' && canvas.width) {
+          G.mode = mode;
           seen(canvas, canvas.width, performance.timeOrigin + frameTime, player);
+        } else if (mode === 'mse' && !frameCallbacks) {
+          G.mode = mode;
+          seen(video, video.videoWidth, performance.timeOrigin + frameTime, player);
         }
       }, 0);
       requestAnimationFrame(onAnimation);
     };
     requestAnimationFrame(onAnimation);
   }
-  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', watch);
-  else watch();
-})();
-"""
+  watch();
+}"""
 
-# The relay's own page (so that the document is a loopback one: Chromium's local network
-# access checks refuse WebSockets to 127.0.0.1 from a page Playwright made up), its wall
-# emptied, and one player put in.
-ADD_PLAYER = """([width, height]) => {
-  document.body.replaceChildren();
-  document.body.style.margin = '0';
+# A blank page of the test site, the player loaded (from the relay, or the --player variant
+# from the site, told where the relay is), and one player put in.
+ADD_PLAYER = """(width, height, server) => {
   const player = document.createElement('cxrelay-player');
   player.setAttribute('camera', 'cam');
+  if (server) player.setAttribute('server', server);
   player.style.cssText = `width:${width}px;height:${height}px;display:block`;
   document.body.append(player);
 }"""
+RESET_JS = """() => { const G = window.__glass;
+  for (const k of ['arrivals', 'decoded', 'painted', 'shown', 'ahead']) G[k].length = 0; }"""
+COLLECT_JS = """() => ({...window.__glass,
+  stats: document.querySelector('cxrelay-player').stats})"""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -199,39 +206,6 @@ def percentile(values: list[float], q: float) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
-
-
-# -- the relay ------------------------------------------------------------------------------
-
-
-class Relay:
-    def __init__(self, camera_url: str) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cxrelay", "serve", "--camera", f"cam={camera_url}",
-             "--host", "127.0.0.1", "--port", str(self.port), "--log-format", "json"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/api/cameras", timeout=1) as r:
-                    if any(c["state"] == "live" for c in json.load(r)):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise SystemExit("cxrelay did not get the camera live in 30 s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 # -- the paths ------------------------------------------------------------------------------
@@ -246,33 +220,19 @@ def run_floor(camera_url: str, seconds: float) -> dict[str, Any]:
     return {"glass_ms": data["latency_ms"], "frames": data["decoded"], "unread": data["unread"]}
 
 
-def run_chromium(relay: Relay, mode: str, seconds: float, size: tuple[int, int],
-                 warmup: float, player: Path | None = None) -> dict[str, Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": size[0] + 40, "height": size[1] + 40})
-            if mode == "mse":
-                page.add_init_script("window.__glassNoDecoder = true;")
-            page.add_init_script(GLASS_JS)
-            page.route(f"{relay.url}/api/cameras", lambda route: route.fulfill(json=[]))
-            if player is not None:  # another build of the player, to compare
-                page.route(f"{relay.url}/cxrelay.js", lambda route: route.fulfill(
-                    status=200, content_type="text/javascript", body=player.read_text()))
-            page.goto(f"{relay.url}/")
-            page.wait_for_function("!!customElements.get('cxrelay-player')")
-            page.evaluate(ADD_PLAYER, list(size))
-            page.wait_for_timeout(warmup * 1000)
-            page.evaluate("() => { const G = window.__glass; for (const k of ['arrivals', "
-                          "'decoded', 'painted', 'shown', 'ahead']) G[k].length = 0; }")
-            page.wait_for_timeout(seconds * 1000)
-            data: dict[str, Any] = page.evaluate("window.__glass")
-            data["stats"] = page.evaluate("document.querySelector('cxrelay-player').stats")
-        finally:
-            browser.close()
-    return summarize_page(data, mode)
+def run_page(page: Page, site: Site, relay: Daemon, mode: str, seconds: float,
+             size: tuple[int, int], warmup: float, variant: bool) -> dict[str, Any]:
+    base = site.secure if mode == "webcodecs" else site.insecure
+    page.goto(f"{base}/blank.html")
+    if mode == "mse" and INSECURE_MODE[page.engine] == "webcodecs":
+        page.evaluate(HIDE_WEBCODECS_JS)
+    page.evaluate(GLASS_JS)
+    page.evaluate(IMPORT_JS, f"{base}/{VARIANT}" if variant else f"{relay.url}/cxrelay.js")
+    page.evaluate(ADD_PLAYER, *size, relay.url if variant else "")
+    page.sleep(warmup)
+    page.evaluate(RESET_JS)
+    page.sleep(seconds)
+    return summarize_page(page.evaluate(COLLECT_JS), mode)
 
 
 def summarize_page(data: dict[str, Any], mode: str) -> dict[str, Any]:
@@ -330,43 +290,77 @@ def row(path: str, result: dict[str, Any], floor_p50: float) -> dict[str, Any]:
     }
 
 
+def load() -> str:
+    return " / ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--paths", default=",".join(PATHS))
     parser.add_argument("--size", default="640x360")
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--gop", type=int, default=50)
     parser.add_argument("--player", type=Path,
-                        help="serve this file as /cxrelay.js (compare a change to the player)")
+                        help="also run each browser path with this file as the player, beside "
+                             "the relay's own (compare a change to the player)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
+    paths = args.paths.split(",")
+    players = ["relay"] + (["variant"] if args.player else [])
     camera = RtspCamera(glass=True, width=width, height=height, fps=args.fps, gop=args.gop,
                         bitrate=max(1000, width * height * args.fps // 10_000))
+    root = Path(tempfile.mkdtemp(prefix="cxrelay-glass-"))
+    (root / "blank.html").write_text(BLANK)
+    if args.player:
+        shutil.copy(args.player, root / VARIANT)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    site = Site(root, server.server_address[1])
+    loads = [load()]
     results: dict[str, dict[str, Any]] = {}
-    with camera:
-        relay = None
-        try:
-            for path in args.paths.split(","):
-                print(f"glass: {path}...", file=sys.stderr, flush=True)
-                if path == "floor":
-                    results[path] = run_floor(camera.url, args.seconds + args.warmup)
-                    continue
-                relay = relay or Relay(camera.url)
-                results[path] = run_chromium(relay, path, args.seconds, (width, height),
-                                             args.warmup, args.player)
-        finally:
-            if relay is not None:
-                relay.stop()
+    try:
+        with camera, running("--camera", f"cam={camera.url}", *site.origins(),
+                             live="cam") as relay:
+            if "floor" in paths:
+                print("glass: floor...", file=sys.stderr, flush=True)
+                results["floor"] = run_floor(camera.url, args.seconds + args.warmup)
+            for name in args.engines.split(","):
+                engine = launch(name)
+                try:
+                    for path in (p for p in paths if p != "floor"):
+                        for player in players:
+                            label = f"{name} {path}" + (f" ({args.player.name})"
+                                                        if player == "variant" else "")
+                            print(f"glass: {label}...", file=sys.stderr, flush=True)
+                            page = engine.new_page()
+                            try:
+                                results[label] = run_page(
+                                    page, site, relay, path, args.seconds, (width, height),
+                                    args.warmup, player == "variant")
+                            except AssertionError as e:  # a page that broke: say so, go on
+                                results[label] = {"error": str(e)[:300]}
+                            finally:
+                                page.close()
+                            results[label]["engine"] = engine.version
+                finally:
+                    engine.close()
+    finally:
+        server.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+    loads.append(load())
     floor_p50 = percentile(results.get("floor", {}).get("glass_ms", []), 50)
     rows = [row(path, result, floor_p50) for path, result in results.items()]
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps({"load": loads, "rows": rows}, indent=1))
         return
+    versions = sorted({r["engine"] for r in results.values() if r.get("engine")})
     print(f"Capture to screen, {args.size} at {args.fps} fps, {args.seconds:g} s per path "
-          "(headless Chromium)\n")
+          f"({', '.join(versions)}); load average (1/5/15 min) {loads[0]} before, "
+          f"{loads[1]} after\n")
     print("| path | frames | p50 ms | p90 ms | p99 ms | p50 vs floor | player says (p50) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
