@@ -71,8 +71,8 @@ const CLOCK_DRIFT = 1e-4; // how fast two clocks may drift apart (100 ppm): ages
 const LATE_MS = 1000; // a live frame this old on arrival (clocks corrected): skip to a keyframe
 // MSE: how far the playhead may trail the newest buffered picture, s
 const LIVE_JUMP_S = 0.5; // the newest keyframe is this far ahead: seek to it
-const LIVE_FAST_S = 0.12; // play at LIVE_RATE past this...
-const LIVE_NEAR_S = 0.08; // ...and at 1x again below this
+const LIVE_FAST_S = 0.2; // play at LIVE_RATE past this...
+const LIVE_NEAR_S = 0.15; // ...and at 1x below this (less: the element runs dry, `waiting`)
 const LIVE_RATE = 1.25;
 const MediaSourceClass = self.ManagedMediaSource || self.MediaSource;
 const mp4Type = (codec) => `video/mp4; codecs="${codec}"`;
