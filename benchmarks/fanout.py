@@ -42,6 +42,8 @@ else it runs. Compare within one run; read ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -53,6 +55,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,9 +158,9 @@ class Load:
     def __str__(self) -> str:
         if self.rtsp:
             return f"{self.cameras} RTSP cameras, no viewers"
-        return f"{self.cameras} camera{'s' if self.cameras > 1 else ''} x " \
-               f"{self.viewers} viewers" if self.viewers else \
-               f"{self.cameras} file cameras, no viewers"
+        s = "s" if self.cameras > 1 else ""
+        return f"{self.cameras} camera{s} x {self.viewers} viewers" if self.viewers else \
+               f"{self.cameras} file camera{s}, no viewers"
 
 
 @dataclass
@@ -282,7 +285,9 @@ class Result:
     lost: int = 0
     flagged: int = 0
     closed: int = 0
-    relay_dropped: float | None = None
+    relay_dropped: float | None = None  # slow_viewer: the viewer's own backlog or link
+    relay_busy: float | None = None  # relay_busy: the relay's fan-out fell behind
+    loadavg: str = ""  # the machine's 1-minute load average at the end of the run
     loop_lag_ms: dict[str, float | None] = field(default_factory=dict)
     profile: str | None = None
     error: str | None = None
@@ -332,6 +337,7 @@ def measure(name: str, load: Load, url: str, args: argparse.Namespace) -> Result
         elapsed = time.monotonic() - began
         end = {pid: cpu_times(pid) for pid in pids}
         result.rss_mib = round(rss_mib(target.proc.pid), 1)
+        result.loadavg = Path("/proc/loadavg").read_text().split()[0]
         for loader in loaders:
             reports.append(json.loads(read_line(loader, 60)))
         user0, sys0 = start[target.proc.pid]
@@ -362,6 +368,8 @@ def measure(name: str, load: Load, url: str, args: argparse.Namespace) -> Result
             after = metrics_values(http_get(target.port, "/metrics"))
             key = 'cxrelay_frames_dropped_total{reason="slow_viewer"}'
             result.relay_dropped = after.get(key, 0) - before.get(key, 0)
+            key = 'cxrelay_frames_dropped_total{reason="relay_busy"}'
+            result.relay_busy = after.get(key, 0) - before.get(key, 0)
             for metric, suffix in (("cxrelay_loop_lag_seconds", ""),
                                    ("cxrelay_loop_lag_own_seconds", " own")):
                 lag = histogram_delta(before, after, metric)
@@ -399,9 +407,9 @@ def table(results: list[Result], seconds: float, context: list[Result] | None = 
     lines = [
         "| load | target | CPU % of a core (user+sys) | µs per message | vs floor "
         "| fan-out µs per message | RSS MiB "
-        "| latency p50 / p99 / max ms | lost | closed | loop lag p99 / max, own p99 / max ms "
-        "| load gen CPU % |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| latency p50 / p99 / max ms | lost (relay drops: slow viewer / busy) | closed "
+        "| loop lag p99 / max, own p99 / max ms | load gen CPU % | load avg |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     every = context or results
     floor = {r.load: r.us_per_message(seconds) for r in every if r.target == "floor"}
@@ -410,7 +418,7 @@ def table(results: list[Result], seconds: float, context: list[Result] | None = 
             if not r.viewers and not r.error and "RTSP" not in r.load}
     for r in results:
         if r.error:
-            lines.append(f"| {r.load} | {r.target} | failed: {r.error} |" + " |" * 10)
+            lines.append(f"| {r.load} | {r.target} | failed: {r.error} |" + " |" * 11)
             continue
         per = r.us_per_message(seconds)
         base = floor.get(r.load)
@@ -423,13 +431,26 @@ def table(results: list[Result], seconds: float, context: list[Result] | None = 
         lag = " / ".join(le(r.loop_lag_ms.get(k)) for k in ("p99", "max", "p99 own",
                                                               "max own")) \
             if r.loop_lag_ms else "—"
-        lost = r.lost + r.flagged
+        lost = f"{r.lost + r.flagged}" if r.messages else "—"
+        if r.relay_dropped is not None and r.relay_busy is not None and r.messages:
+            lost += f" ({r.relay_dropped:.0f} / {r.relay_busy:.0f})"
         lines.append(
             f"| {r.load} | {r.target} | {r.cpu:.1f} ({r.cpu_user:.1f}+{r.cpu_system:.1f}) "
             f"| {fmt(per)} | {ratio} | {fmt(net)} | {r.rss_mib:.0f} | {lat} "
-            f"| {lost if r.messages else '—'} "
-            f"| {r.closed if r.messages else '—'} | {lag} | {r.load_cpu:.1f} |")
+            f"| {lost} | {r.closed if r.messages else '—'} | {lag} | {r.load_cpu:.1f} "
+            f"| {r.loadavg} |")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def locked(path: Path | None) -> Iterator[None]:
+    """One heavy benchmark at a time on a shared machine (flock(1)'s lock)."""
+    if path is None:
+        yield
+        return
+    with path.open("a") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        yield
 
 
 def main() -> None:
@@ -448,7 +469,10 @@ def main() -> None:
                         help="viewers that never read, besides the others (not counted)")
     parser.add_argument("--file", type=Path, help="camera recording (default: a 720p25 one)")
     parser.add_argument("--profile", action="store_true",
-                        help="py-spy record the new relay during each measurement (SVG)")
+                        help="py-spy record the new relay during each measurement "
+                             "(raw collapsed stacks)")
+    parser.add_argument("--lock", type=Path, metavar="FILE",
+                        help="a shared machine: hold flock(FILE) around each measurement")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     targets = (args.targets or ("new,old,floor" if args.baseline else "new,floor")).split(",")
@@ -478,13 +502,15 @@ def main() -> None:
             for _ in range(args.rounds):
                 for name in load_targets:
                     try:
-                        result = measure(name, load, url, args)
+                        with locked(args.lock):
+                            result = measure(name, load, url, args)
                     except (RuntimeError, OSError, ValueError) as exc:
                         result = Result(str(load), name, load.cameras, load.viewers,
                                         error=str(exc)[:120])
                     results.append(result)
                     print(f"{load} / {name}: {result.error or ''}{result.cpu:.1f} % CPU, "
-                          f"{fmt(result.us_per_message(args.seconds))} µs/message",
+                          f"{fmt(result.us_per_message(args.seconds))} µs/message, "
+                          f"load average {result.loadavg or '?'}",
                           file=sys.stderr, flush=True)
             if not args.json:  # each load's rows as soon as it is done
                 rows = table(results[done:], args.seconds, results)
