@@ -67,6 +67,7 @@ HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cxrelay-bench"
 DEFAULT_LOADS = "1x0,1x100,1x500,1x1000,32x0,32x500,32x2000,rtsp8"
 BIN_US = 50  # fanout_load.py's latency histogram bins
+FPS = 25  # the cameras' frame rate: what each viewer is offered
 
 
 # --- the camera: a 720p25 recording of about 1 MB/s -----------------------------------------
@@ -406,10 +407,10 @@ def table(results: list[Result], seconds: float, context: list[Result] | None = 
     and no-viewer rows of the same loads."""
     lines = [
         "| load | target | CPU % of a core (user+sys) | µs per message | vs floor "
-        "| fan-out µs per message | RSS MiB "
+        "| fan-out µs per message | delivered % | RSS MiB "
         "| latency p50 / p99 / max ms | lost (relay drops: slow viewer / busy) | closed "
         "| loop lag p99 / max, own p99 / max ms | load gen CPU % | load avg |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     every = context or results
     floor = {r.load: r.us_per_message(seconds) for r in every if r.target == "floor"}
@@ -418,7 +419,7 @@ def table(results: list[Result], seconds: float, context: list[Result] | None = 
             if not r.viewers and not r.error and "RTSP" not in r.load}
     for r in results:
         if r.error:
-            lines.append(f"| {r.load} | {r.target} | failed: {r.error} |" + " |" * 11)
+            lines.append(f"| {r.load} | {r.target} | failed: {r.error} |" + " |" * 12)
             continue
         per = r.us_per_message(seconds)
         base = floor.get(r.load)
@@ -432,11 +433,15 @@ def table(results: list[Result], seconds: float, context: list[Result] | None = 
                                                               "max own")) \
             if r.loop_lag_ms else "—"
         lost = f"{r.lost + r.flagged}" if r.messages else "—"
+        # Of the frames the viewers were offered in the window: a target that can't
+        # keep up delivers late (the rest waits in buffers), not only drops.
+        offered = r.viewers * FPS * seconds
+        delivered = f"{100 * r.messages / offered:.0f}" if offered else "—"
         if r.relay_dropped is not None and r.relay_busy is not None and r.messages:
             lost += f" ({r.relay_dropped:.0f} / {r.relay_busy:.0f})"
         lines.append(
             f"| {r.load} | {r.target} | {r.cpu:.1f} ({r.cpu_user:.1f}+{r.cpu_system:.1f}) "
-            f"| {fmt(per)} | {ratio} | {fmt(net)} | {r.rss_mib:.0f} | {lat} "
+            f"| {fmt(per)} | {ratio} | {fmt(net)} | {delivered} | {r.rss_mib:.0f} | {lat} "
             f"| {lost} | {r.closed if r.messages else '—'} | {lag} | {r.load_cpu:.1f} "
             f"| {r.loadavg} |")
     return "\n".join(lines)
@@ -495,7 +500,7 @@ def main() -> None:
             if load.rtsp:
                 if camera is None:
                     from tests.camera.harness import RtspCamera
-                    camera = RtspCamera(width=1280, height=720, fps=25, bitrate=2000,
+                    camera = RtspCamera(width=1280, height=720, fps=FPS, bitrate=2000,
                                         gop=50).start()
                 url = camera.url
             done = len(results)
