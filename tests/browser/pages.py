@@ -167,6 +167,8 @@ def assert_moving_picture(page: Page, selector: str = "cxrelay-player") -> None:
     except AssertionError:
         raise AssertionError(f"{page.engine}: the player shows no picture: "
                              f"{stats(page, selector)}") from None
-    second = wait_until(lambda: (s := snapshot(page, selector)) and changed(first, s) > 5 and s,
-                   10, f"{page.engine}: the picture to change")
-    assert is_picture(second)
+    # Another picture, not just a different sample: a <video> without a current frame (WebKit's
+    # while it seeks, readyState 1) is drawn as nothing at all (HTML's drawImage), so a sample
+    # taken then reads black.
+    wait_until(lambda: (s := snapshot(page, selector)) and changed(first, s) > 5 and is_picture(s),
+               10, f"{page.engine}: the picture to change")
