@@ -139,9 +139,9 @@ class CameraHub:
         self._jobs = 0
         self._joined: dict[Subscriber, int] = {}
         self.fanout = Fanout.of(loop)
-        # This hub's frames still waiting in the fan-out queue, oldest first: their
-        # ingest time, and the CPU time the loop's thread had used by then.
-        self._queued: deque[tuple[int, int]] = deque()
+        # The ingest time of this hub's frames still waiting in the fan-out queue,
+        # oldest first.
+        self._queued: deque[int] = deque()
         self._resync = False  # skipping to the next keyframe: the relay was behind
         self._streams = streams or (lambda: [self.size()])
         self.state = CameraState.IDLE
@@ -405,38 +405,45 @@ class CameraHub:
             self._resync = False
             message = with_flags(message, FLAG_DISCONTINUITY)
         frame = Outgoing.frame(message, keyframe=unit.keyframe)
-        lag = LoopLag.of(self.loop)
-        self._queued.append((unit.ingest_us, lag.cpu_us() if lag is not None else 0))
+        self._queued.append(unit.ingest_us)
         self._jobs += 1
         self.fanout.push(FrameJob(self._jobs, list(self.viewers if unit.keyframe else
                                                    self._motion),
                                   self._joined, frame, self._frame_done))
 
     def _behind(self, unit: AccessUnit) -> bool:
-        """Is the relay itself so far behind (its fan-out queue holding frames
-        that waited longer than the delay bound while the loop ran: more
-        viewers than the CPU can serve) that this frame must go? Then every
+        """Is the relay itself so far behind that this frame must go? Then every
         viewer skips to the next keyframe, flagged as a discontinuity, as a slow
-        viewer does on its own. Only the CPU time the loop's thread used
-        meanwhile counts: time it did not run (a machine busy with other work)
-        is no sign the relay can't keep up, and the queue drains as soon as the
-        thread runs. Unless the queue itself holds frames spanning STARVED_MAX
-        bounds (the source kept up, the loop never did): a whole process that
-        stood still leaves one old frame there, and nothing to skip."""
+        viewer does on its own. Behind: the oldest of this hub's frames not yet
+        handed out (in the fan-out queue, or this one) came from the camera more
+        than the delay bound ago, and the loop's thread used more than the bound
+        of CPU meanwhile: more cameras and viewers than the CPU can serve. The
+        wait may lie in the fan-out queue or before the hub, in the loop's
+        callback queue that the source threads hand pictures to. Time the thread
+        did not run (a machine busy with other work) is no sign the relay can't
+        keep up: both queues drain as soon as it runs. Unless the fan-out queue
+        itself holds frames spanning STARVED_MAX bounds (the source kept up, the
+        loop never did); a whole process that stood still leaves one old frame
+        there, and nothing to skip. Without a loop-lag monitor (tests of the hub
+        alone) only the fan-out queue's span counts."""
         if self._resync and not unit.keyframe:
             self._dropped_busy.inc()
             return True
-        queued = self._queued
-        if not queued or unit.keyframe:
+        if unit.keyframe:
             return False
+        queued = self._queued
         bound_us = self.limits.max_delay * 1e6
-        oldest_us, cpu_us = queued[0]
-        waiting_us = unit.ingest_us - oldest_us
+        oldest_us = queued[0] if queued else unit.ingest_us
+        lag = LoopLag.of(self.loop)
+        now_us = max(unit.ingest_us, lag.now_us() if lag is not None else 0)
+        waiting_us = now_us - oldest_us
         if waiting_us <= bound_us:
             return False
-        lag = LoopLag.of(self.loop)
-        busy_us = lag.cpu_us(now=True) - cpu_us if lag is not None else waiting_us
-        if busy_us <= bound_us and queued[-1][0] - oldest_us <= STARVED_MAX * bound_us:
+        busy_us = lag.cpu_used_since(oldest_us) if lag is not None else None
+        if busy_us is None:
+            busy_us = waiting_us
+        span_us = (queued[-1] if queued else unit.ingest_us) - oldest_us
+        if busy_us <= bound_us and span_us <= STARVED_MAX * bound_us:
             return False
         if not self._resync:
             self.log.warning("relay behind, viewers skip to the next keyframe",

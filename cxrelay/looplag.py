@@ -18,6 +18,12 @@ thread that was), the frame is late because the machine was busy, and the
 queue drains as soon as the thread runs again; only CPU the loop used counts
 as the relay falling behind. The thread's CPU time costs a system call, so it
 is read at each tick, and at once only when a frame has waited long.
+
+A picture can also be late before it reaches a hub: the source threads hand
+pictures to the loop through its callback queue, and a loop with more work
+than CPU runs them ever later. So each tick is kept for a few seconds with its
+wall clock, and ``cpu_used_since`` tells how much CPU the loop used since a
+picture arrived from its camera.
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ import contextlib
 import os
 import time
 import weakref
+from collections import deque
 
 from prometheus_client import Histogram
 
 DEFAULT_INTERVAL = 0.05  # often enough to catch a stall of tens of milliseconds
+HISTORY = 200  # ticks kept for cpu_used_since: 10 s at the default interval, more when late
 SCHEDSTAT = "/proc/thread-self/schedstat"
 
 
@@ -50,6 +58,8 @@ class LoopLag:
         self._schedstat: int | None = None  # the loop thread's, opened on the loop
         self._waited_ns = 0
         self._cpu_ns = 0  # the loop thread's CPU time at the last tick
+        # (wall clock µs, the loop thread's CPU µs) at each of the last ticks
+        self._ticks: deque[tuple[int, int]] = deque(maxlen=HISTORY)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -57,6 +67,7 @@ class LoopLag:
             self._schedstat = os.open(SCHEDSTAT, os.O_RDONLY)
             self._waited_ns = self._run_delay_ns()
         self._cpu_ns = time.thread_time_ns()
+        self._ticks.append((self.now_us(), self._cpu_ns // 1000))
         self._by_loop[self._loop] = self
         self._schedule(self._loop.time())
 
@@ -80,6 +91,24 @@ class LoopLag:
         system call), or ``now`` (call it on the loop's thread)."""
         return (time.thread_time_ns() if now else self._cpu_ns) // 1000
 
+    def now_us(self) -> int:
+        """The wall clock (µs), as the sources stamp what they receive."""
+        return time.time_ns() // 1000
+
+    def cpu_used_since(self, wall_us: int) -> int | None:
+        """The CPU time (µs) the loop's thread has used since the wall clock read
+        ``wall_us``, or a little more (from the last tick before it); None if that is
+        older than the ticks kept. Call it on the loop's thread."""
+        ticks = self._ticks
+        if not ticks or ticks[0][0] > wall_us:
+            return None
+        cpu_then = ticks[0][1]
+        for at_us, cpu_us in reversed(ticks):
+            if at_us <= wall_us:
+                cpu_then = cpu_us
+                break
+        return self.cpu_us(now=True) - cpu_then
+
     def _run_delay_ns(self) -> int:
         """Nanoseconds this thread has waited, runnable, for a CPU."""
         assert self._schedstat is not None
@@ -97,6 +126,7 @@ class LoopLag:
         self.lag.observe(lag)
         self.worst = max(self.worst, lag)
         self._cpu_ns = time.thread_time_ns()
+        self._ticks.append((self.now_us(), self._cpu_ns // 1000))
         if self._schedstat is not None:
             waited = self._run_delay_ns()
             self.own.observe(max(0.0, lag - (waited - self._waited_ns) / 1e9))

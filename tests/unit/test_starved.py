@@ -20,7 +20,7 @@ from cxrelay.config import CameraConfig
 from cxrelay.hub import STARVED_MAX, CameraHub
 from cxrelay.looplag import LoopLag
 from cxrelay.metrics import Metrics
-from cxrelay.protocol import FLAG_DISCONTINUITY, FLAG_KEYFRAME, encode_frame
+from cxrelay.protocol import FLAG_DISCONTINUITY, FLAG_KEYFRAME, Frame, encode_frame
 from cxrelay.viewer import Viewer
 from cxrelay.wire import Outgoing
 from tests.recordings import recording
@@ -149,14 +149,25 @@ async def test_a_stall_of_the_link_itself_still_cuts(link_viewer: tuple[Viewer, 
 
 
 class StarvedLoop(LoopLag):
-    """A loop-lag monitor whose thread's CPU time the test sets (µs)."""
+    """A loop-lag monitor whose clock and thread's CPU time the test sets (µs)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         metrics = Metrics()
         super().__init__(metrics.loop_lag, metrics.loop_lag_own)
         self.used_us = 0
+        self.clock_us = 0
         self._loop = loop
         self._by_loop[loop] = self
+        self._ticks.append((0, 0))
+
+    def at(self, clock_us: int, used_us: int) -> None:
+        """Time passes: the wall clock reads `clock_us`, the thread has used `used_us`
+        of CPU, and the monitor ticks."""
+        self.clock_us, self.used_us = clock_us, used_us
+        self._ticks.append((clock_us, used_us))
+
+    def now_us(self) -> int:
+        return self.clock_us
 
     def cpu_us(self, *, now: bool = False) -> int:
         return self.used_us
@@ -185,7 +196,7 @@ def publish_late(hub: CameraHub, source: Any, monitor: StarvedLoop, count: int,
     hub.attach(viewer)
     units = access_units()
     for i in range(count):
-        monitor.used_us = int(i * FRAME_US * (1 - starved))
+        monitor.at(i * FRAME_US, int(i * FRAME_US * (1 - starved)))
         hub.source_pictures(source, source.ingest.push(units[i % len(units)], i * FRAME_US,
                                                        i * FRAME_US))
     hub.fanout.flush()
@@ -229,15 +240,63 @@ async def test_a_whole_relay_that_stood_still_skips_nothing(
     """The whole process stood still for longer than STARVED_MAX bounds (the source's
     thread too): one frame waited in the queue all that time, the next comes long after.
     Nothing is behind but that one frame: nothing skipped."""
-    hub, source, _ = starved_hub
+    hub, source, monitor = starved_hub
     viewer = new_viewer(hub)
     hub.attach(viewer)
     units = access_units()
     gap = int((STARVED_MAX + 1) * hub.limits.max_delay * 1e6)
     for i in range(10):
         ingest_us = i * FRAME_US + (gap if i >= 5 else 0)
+        monitor.at(ingest_us, i * FRAME_US // 2)
         hub.source_pictures(source, source.ingest.push(units[i], i * FRAME_US, ingest_us))
         if i != 4:  # the fan-out runs, except while everything stood still
             hub.fanout.flush()
     assert [f.pts_us // FRAME_US for f in frames_of(viewer)] == list(range(10))
+    assert hub.metrics.frames_dropped.labels("relay_busy")._value.get() == 0
+
+
+def publish_arriving_late(hub: CameraHub, source: Any, monitor: StarvedLoop, count: int,
+                          late_us: int, starved: float) -> list[Frame]:
+    """`count` frames, 40 ms apart, each reaching the hub `late_us` after its camera sent it
+    (it waited in the loop's callback queue, before any hub); the fan-out runs at once.
+    Of all that time, the loop's thread did not run for `starved`. Returns what the viewer
+    got."""
+    viewer = new_viewer(hub)
+    hub.attach(viewer)
+    units = access_units()
+    for i in range(count):
+        arrived_us = i * FRAME_US + late_us
+        monitor.at(arrived_us, int(arrived_us * (1 - starved)))
+        hub.source_pictures(source, source.ingest.push(units[i % len(units)], i * FRAME_US,
+                                                       i * FRAME_US))
+        hub.fanout.flush()
+    return frames_of(viewer)
+
+
+async def test_pictures_late_to_the_hub_while_the_loop_worked_skip_to_keyframes(
+        starved_hub: tuple[CameraHub, Any, StarvedLoop]) -> None:
+    """More work than CPU: every picture reaches the hub 1.5 s after it came from the
+    camera, the loop's thread busy 90 % of the time. The fan-out queue is empty, yet the
+    relay is behind: its viewers get keyframes only, flagged, and memory stays bounded
+    because skipped pictures cost no fan-out."""
+    hub, source, monitor = starved_hub
+    count = 4 * 25
+    got = publish_arriving_late(hub, source, monitor, count,
+                                late_us=int(1.5 * hub.limits.max_delay * 1e6), starved=0.1)
+    packets = recording("baseline").packets
+    keyframes = [i for i in range(count) if packets[i % len(packets)].keyframe]
+    assert [f.pts_us // FRAME_US for f in got] == keyframes
+    assert all(f.flags & FLAG_DISCONTINUITY for f in got[1:])
+    assert hub.metrics.frames_dropped.labels("relay_busy")._value.get() == count - len(got)
+
+
+async def test_pictures_late_to_the_hub_while_the_loop_waited_for_a_cpu_all_go(
+        starved_hub: tuple[CameraHub, Any, StarvedLoop]) -> None:
+    """The same lateness, but the loop's thread did not run for 90 % of it (a machine busy
+    with other work): every picture goes out."""
+    hub, source, monitor = starved_hub
+    count = 4 * 25
+    got = publish_arriving_late(hub, source, monitor, count,
+                                late_us=int(1.5 * hub.limits.max_delay * 1e6), starved=0.9)
+    assert [f.pts_us // FRAME_US for f in got] == list(range(count))
     assert hub.metrics.frames_dropped.labels("relay_busy")._value.get() == 0
