@@ -76,8 +76,11 @@ FPS = 25  # the cameras' frame rate: what each viewer is offered
 def bench_file(seconds: int = 30) -> Path:
     """720p25, 8 Mbit/s, a keyframe every 2 s: made once with PyAV, then cached.
     Matroska, not raw H.264: a raw file needs FFmpeg's parser to be demuxed and
-    a long probe at every loop, which would weigh more than the relay itself."""
-    path = CACHE / f"720p25-8M-{seconds}s.mkv"
+    a long probe at every loop, which would weigh more than the relay itself.
+    (The lavfi source's frames come typed I, and libx264 makes every frame so
+    typed a keyframe: untyped, x264 keeps to its GOP. Until this was known the
+    recording was all keyframes: 720p25-8M-30s.mkv.)"""
+    path = CACHE / f"720p25-8M-{seconds}s-gop50.mkv"
     if path.exists():
         return path
     import av
@@ -91,11 +94,17 @@ def bench_file(seconds: int = 30) -> Path:
         stream.width, stream.height, stream.pix_fmt = 1280, 720, "yuv420p"
         stream.bit_rate = 8_000_000
         stream.options = {"preset": "veryfast", "tune": "zerolatency", "g": "50", "bf": "0",
-                          "x264-params": "vbv-maxrate=8000:vbv-bufsize=4000"}
+                          "x264-params": "vbv-maxrate=8000:vbv-bufsize=4000:scenecut=0"}
         for frame in source.decode(video=0):
-            out.mux(stream.encode(frame.reformat(format="yuv420p")))
+            picture = frame.reformat(format="yuv420p")
+            picture.pict_type = av.video.frame.PictureType.NONE
+            out.mux(stream.encode(picture))
         out.mux(stream.encode())
     source.close()
+    with av.open(str(tmp)) as check:
+        keyframes = sum(p.is_keyframe for p in check.demux(video=0) if p.size)
+    if keyframes > seconds // 2 + 1:
+        raise SystemExit(f"{tmp}: {keyframes} keyframes in {seconds} s, not one every 2 s")
     tmp.rename(path)
     return path
 
