@@ -55,8 +55,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -456,6 +457,25 @@ def table(results: list[Result], seconds: float, context: list[Result] | None = 
     return "\n".join(lines)
 
 
+def run_load(load: Load, targets: list[str], url: str, args: argparse.Namespace,
+             each: Callable[[], contextlib.AbstractContextManager[None]]) -> list[Result]:
+    """Every target of one load, ``--rounds`` times; ``each`` holds around each run."""
+    results = []
+    for _ in range(args.rounds):
+        for name in targets:
+            try:
+                with each():
+                    result = measure(name, load, url, args)
+            except (RuntimeError, OSError, ValueError) as exc:
+                result = Result(str(load), name, load.cameras, load.viewers,
+                                error=str(exc)[:120])
+            results.append(result)
+            print(f"{load} / {name}: {result.error or ''}{result.cpu:.1f} % CPU, "
+                  f"{fmt(result.us_per_message(args.seconds))} µs/message, "
+                  f"load average {result.loadavg or '?'}", file=sys.stderr, flush=True)
+    return results
+
+
 @contextlib.contextmanager
 def locked(path: Path | None) -> Iterator[None]:
     """One heavy benchmark at a time on a shared machine (flock(1)'s lock)."""
@@ -506,26 +526,21 @@ def main() -> None:
         for load in loads:
             url = str(file)
             load_targets = [t for t in targets if not (t == "floor" and not load.viewers)]
-            if load.rtsp:
-                if camera is None:
+            # The RTSP camera encodes all the time it runs: under the lock, the
+            # whole load long, or it weighs on whoever holds the lock meanwhile.
+            whole = locked(args.lock) if load.rtsp else contextlib.nullcontext()
+            each = contextlib.nullcontext if load.rtsp else partial(locked, args.lock)
+            with whole:
+                if load.rtsp:
                     from tests.camera.harness import RtspCamera
                     camera = RtspCamera(width=1280, height=720, fps=FPS, bitrate=2000,
                                         gop=50).start()
-                url = camera.url
-            done = len(results)
-            for _ in range(args.rounds):
-                for name in load_targets:
-                    try:
-                        with locked(args.lock):
-                            result = measure(name, load, url, args)
-                    except (RuntimeError, OSError, ValueError) as exc:
-                        result = Result(str(load), name, load.cameras, load.viewers,
-                                        error=str(exc)[:120])
-                    results.append(result)
-                    print(f"{load} / {name}: {result.error or ''}{result.cpu:.1f} % CPU, "
-                          f"{fmt(result.us_per_message(args.seconds))} µs/message, "
-                          f"load average {result.loadavg or '?'}",
-                          file=sys.stderr, flush=True)
+                    url = camera.url
+                done = len(results)
+                results += run_load(load, load_targets, url, args, each)
+                if camera is not None:
+                    camera.stop()
+                    camera = None
             if not args.json:  # each load's rows as soon as it is done
                 rows = table(results[done:], args.seconds, results)
                 print(rows.split("\n", 2)[2] if done else rows, flush=True)
