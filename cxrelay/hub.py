@@ -429,13 +429,21 @@ class CameraHub:
         if self._resync and not unit.keyframe:
             self._dropped_busy.inc()
             return True
-        if unit.keyframe:
-            return False
-        queued = self._queued
         bound_us = self.limits.max_delay * 1e6
-        oldest_us = queued[0] if queued else unit.ingest_us
         lag = LoopLag.of(self.loop)
         now_us = max(unit.ingest_us, lag.now_us() if lag is not None else 0)
+        if unit.keyframe:
+            # The place to start again, unless it is itself a bound late with the loop busy
+            # all along: the next one will be newer (a camera that sends only keyframes
+            # would otherwise queue without end).
+            busy_us = lag.cpu_used_since(unit.ingest_us) if lag is not None else None
+            if now_us - unit.ingest_us <= bound_us or busy_us is None or busy_us <= bound_us:
+                return False
+            self._resync = True
+            self._dropped_busy.inc()
+            return True
+        queued = self._queued
+        oldest_us = queued[0] if queued else unit.ingest_us
         waiting_us = now_us - oldest_us
         if waiting_us <= bound_us:
             return False

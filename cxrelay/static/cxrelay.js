@@ -190,8 +190,11 @@ export class CxrelayPlayer extends HTMLElement {
      *     stream: this browser can't decode H.265 (hvc1.1.6.L93.B0)'; the reason while live
      */
     this._note = '';
-    /** @type {number} outputs that broke on this connection: after 3, give up until an init */
+    /** @type {number} outputs that broke on this connection within a minute of each other:
+     * after 3, give up until an init */
     this._failures = 0;
+    /** @type {number} when the output last broke (performance.now()) */
+    this._failedAt = 0;
 
     // --- playing
     /** @type {WebCodecsOutput|MseOutput|null} plays the stream; made at the first playable init */
@@ -783,6 +786,11 @@ export class CxrelayPlayer extends HTMLElement {
   // one from the next keyframe, a few times per connection at most.
   _outputFailed(message) {
     this._error(message);
+    // Only failures in a row give up: an engine that fails now and then (WebKitGTK's MSE on a
+    // busy machine: "Failed to push buffer") plays on for months.
+    const now = performance.now();
+    if (now - this._failedAt > 60000) this._failures = 0;
+    this._failedAt = now;
     if (++this._failures > 3) {
       this._closeOutput(); // nothing more is fed until the next init
       this._configuring = false;

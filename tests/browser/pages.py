@@ -132,7 +132,8 @@ VIDEO_JS = """(s) => { const el = document.querySelector(s);
   const v = el.shadowRoot.querySelector('video'), b = v.buffered;
   return {readyState: v.readyState, paused: v.paused, seeking: v.seeking,
           currentTime: v.currentTime, buffered: b.length ? [b.start(0), b.end(b.length - 1)] : [],
-          error: v.error && v.error.message, state: el.state, stats: el.stats}; }"""
+          error: v.error && v.error.message, state: el.state, reason: el.reason,
+          stats: el.stats}; }"""
 
 
 def wait_video_playing(page: Page, selector: str = "cxrelay-player", timeout: float = 20) -> None:

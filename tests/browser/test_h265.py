@@ -138,6 +138,7 @@ def h265_relay(site: Site) -> Iterator[Daemon]:
 
 
 PLAYER = '<cxrelay-player camera="{camera}"></cxrelay-player>'
+WEBKIT_PUSH_FAILED = "video: Failed to push buffer"
 
 
 def test_h265_plays_clean_pictures_or_says_it_cannot(page: Page, site: Site,
@@ -165,7 +166,14 @@ def test_h265_over_mse_plays_clean_pictures_or_says_it_cannot(page: Page, site: 
         .querySelector('video'); return v.readyState >= 2 && !v.paused; }""",
                   what="the video element playing")
     assert_clean_pictures(page)
-    assert page.evaluate("() => events.filter((e) => e[0] === 'error')") == []
+    errors = page.evaluate("() => events.filter((e) => e[0] === 'error').map((e) => e[1])")
+    if page.engine == "webkit":
+        # WebKitGTK's MSE (GStreamer underneath) now and then fails on a busy machine, the
+        # player starts a fresh MediaSource at the next keyframe, and the pictures stay clean
+        # (checked above): the engine's error, not the stream's.
+        errors = [e for e in errors if e != WEBKIT_PUSH_FAILED]
+    assert errors == []
+    assert page.evaluate("() => document.querySelector('cxrelay-player').state") == "live"
 
 
 NO_DECODERS_JS = """() => { for (const name of ['VideoDecoder', 'VideoFrame', 'MediaSource',

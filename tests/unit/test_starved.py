@@ -257,16 +257,16 @@ async def test_a_whole_relay_that_stood_still_skips_nothing(
 
 def publish_arriving_late(hub: CameraHub, source: Any, monitor: StarvedLoop, count: int,
                           late_us: int, starved: float) -> list[Frame]:
-    """`count` frames, 40 ms apart, each reaching the hub `late_us` after its camera sent it
-    (it waited in the loop's callback queue, before any hub); the fan-out runs at once.
-    Of all that time, the loop's thread did not run for `starved`. Returns what the viewer
-    got."""
+    """`count` frames, 40 ms apart, the first half each reaching the hub `late_us` after its
+    camera sent it (it waited in the loop's callback queue, before any hub), the rest on
+    time; the fan-out runs at once. Of all that time, the loop's thread did not run for
+    `starved`. Returns what the viewer got."""
     viewer = new_viewer(hub)
     hub.attach(viewer)
     units = access_units()
     for i in range(count):
-        arrived_us = i * FRAME_US + late_us
-        monitor.at(arrived_us, int(arrived_us * (1 - starved)))
+        arrived_us = i * FRAME_US + (late_us if i < count // 2 else 1000)
+        monitor.at(arrived_us, max(monitor.used_us, int(arrived_us * (1 - starved))))
         hub.source_pictures(source, source.ingest.push(units[i % len(units)], i * FRAME_US,
                                                        i * FRAME_US))
         hub.fanout.flush()
@@ -275,19 +275,20 @@ def publish_arriving_late(hub: CameraHub, source: Any, monitor: StarvedLoop, cou
 
 async def test_pictures_late_to_the_hub_while_the_loop_worked_skip_to_keyframes(
         starved_hub: tuple[CameraHub, Any, StarvedLoop]) -> None:
-    """More work than CPU: every picture reaches the hub 1.5 s after it came from the
-    camera, the loop's thread busy 90 % of the time. The fan-out queue is empty, yet the
-    relay is behind: its viewers get keyframes only, flagged, and memory stays bounded
-    because skipped pictures cost no fan-out."""
+    """More work than CPU: for 2 s every picture reaches the hub 1.5 s after it came from
+    the camera, the loop's thread busy 90 % of the time. The fan-out queue is empty, yet the
+    relay is behind: those pictures go, keyframes too (each is itself too late), and once
+    pictures come on time again the viewers start at the next keyframe, flagged. Skipped
+    pictures cost no fan-out, so a real relay catches up, and its memory stays bounded."""
     hub, source, monitor = starved_hub
     count = 4 * 25
     got = publish_arriving_late(hub, source, monitor, count,
                                 late_us=int(1.5 * hub.limits.max_delay * 1e6), starved=0.1)
     packets = recording("baseline").packets
-    keyframes = [i for i in range(count) if packets[i % len(packets)].keyframe]
-    assert [f.pts_us // FRAME_US for f in got] == keyframes
-    assert all(f.flags & FLAG_DISCONTINUITY for f in got[1:])
-    assert hub.metrics.frames_dropped.labels("relay_busy")._value.get() == count - len(got)
+    first = next(i for i in range(count // 2, count) if packets[i % len(packets)].keyframe)
+    assert [f.pts_us // FRAME_US for f in got] == list(range(first, count))
+    assert got[0].keyframe and got[0].flags & FLAG_DISCONTINUITY
+    assert hub.metrics.frames_dropped.labels("relay_busy")._value.get() == first
 
 
 async def test_pictures_late_to_the_hub_while_the_loop_waited_for_a_cpu_all_go(
@@ -300,3 +301,27 @@ async def test_pictures_late_to_the_hub_while_the_loop_waited_for_a_cpu_all_go(
                                 late_us=int(1.5 * hub.limits.max_delay * 1e6), starved=0.9)
     assert [f.pts_us // FRAME_US for f in got] == list(range(count))
     assert hub.metrics.frames_dropped.labels("relay_busy")._value.get() == 0
+
+
+async def test_keyframes_late_to_the_hub_while_the_loop_worked_go_too(
+        starved_hub: tuple[CameraHub, Any, StarvedLoop]) -> None:
+    """A camera that sends only keyframes, on a relay with more work than CPU: a keyframe
+    that is itself a bound late, with the loop busy all along, goes as well (the next one is
+    newer); nothing waits without end."""
+    hub, source, monitor = starved_hub
+    viewer = new_viewer(hub)
+    hub.attach(viewer)
+    keyframe = access_units()[0]
+    late_us = int(1.5 * hub.limits.max_delay * 1e6)
+    for i in range(10):
+        arrived_us = i * FRAME_US + late_us
+        monitor.at(arrived_us, int(arrived_us * 0.9))
+        hub.source_pictures(source, source.ingest.push(keyframe, i * FRAME_US, i * FRAME_US))
+        hub.fanout.flush()
+    monitor.at(10 * FRAME_US + 1000, int(late_us * 0.9))  # on time again
+    hub.source_pictures(source, source.ingest.push(keyframe, 10 * FRAME_US, 10 * FRAME_US))
+    hub.source_pictures(source, source.ingest.push(keyframe, 11 * FRAME_US, 11 * FRAME_US))
+    hub.fanout.flush()
+    got = frames_of(viewer)
+    assert got and got[0].pts_us // FRAME_US >= 10 and got[0].flags & FLAG_DISCONTINUITY
+    assert hub.metrics.frames_dropped.labels("relay_busy")._value.get() >= 9
