@@ -9,7 +9,8 @@ assembler dropped by reason, and says until when a held picture may wait for
 more packets before the idle flush takes it as complete.
 
 A picture goes out the moment ingest can tell it is whole: its last slice
-came (the learned slice layout says so) and no NAL unit of it may still be
+came (the learned slice layout says so, or the source's packets are whole
+pictures: ``StreamInfo.whole_pictures``) and no NAL unit of it may still be
 missing a fragment. One it can't tell is whole (the layout is not known yet,
 or differs; or its last NAL unit ended on a full-size fragment, which may go
 on) waits for the next packet, whose start tells, or for about one frame
@@ -70,6 +71,12 @@ class StreamInfo:
     transport: str | None  # "tcp" / "udp" for RTSP
     whole_units: bool  # packets are whole access units (FFmpeg's parser, files, demo)
     codec: str = "h264"  # which Assembler groups its NAL units
+    # Each packet is exactly one picture, never part of one: MP4/MKV samples, an
+    # encoder's output. (FFmpeg's parser, on RTSP or a raw .h264, can cut a
+    # picture in two: not these.) A picture then leaves with its packet whatever
+    # its slices: a stream sliced by size has no layout to learn, and would wait
+    # for the next picture.
+    whole_pictures: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +215,8 @@ class Ingest:
         assembler = self._assembler
         if self._joiner is None:
             units = list(assembler.push(data, pts_us, received_us))
+            if self.info.whole_pictures:
+                units += assembler.flush()
         else:
             units = []
             for chunk in self._joiner.push(data, pts_us, received_us):

@@ -61,7 +61,9 @@ class DemoSource(Source):
         }
         encoder.bit_rate = 1_500_000
         try:
-            self.connected(StreamInfo(extradata=b"", transport=None, whole_units=True))
+            # libx264 hands out one picture a packet.
+            self.connected(StreamInfo(extradata=b"", transport=None, whole_units=True,
+                                      whole_pictures=True))
             self._run_encoder(pattern, encoder, s)
         finally:
             pattern.close()

@@ -15,6 +15,7 @@ from cxrelay.sources.pyav import (
     stream_codec,
     to_us,
     video_stream,
+    whole_pictures,
 )
 
 DEFAULT_FPS = 25
@@ -56,6 +57,7 @@ class FileSource(Source):
                     transport=None,
                     whole_units=True,
                     codec=stream_codec(stream),
+                    whole_pictures=whole_pictures(stream),
                 ))
             rate = stream.average_rate or stream.guessed_rate or DEFAULT_FPS
             frame_us = int(1_000_000 / float(rate))

@@ -69,6 +69,13 @@ def stream_codec(stream: Any) -> str:
     return CODECS[stream.codec_context.name]
 
 
+def whole_pictures(stream: Any) -> bool:
+    """Does every packet of this stream hold exactly one picture? Yes when it is
+    stored length-prefixed (MP4/MKV: avcC, hvcC), one sample a picture; a raw
+    Annex B stream or MPEG-TS goes through FFmpeg's parser, which can cut one."""
+    return (stream.codec_context.extradata or b"")[:1] == b"\x01"
+
+
 def annexb_packets(container: Any, stream: Any) -> Iterator[Any]:
     """The stream's packets in Annex B: MP4/MKV carry length-prefixed NAL units
     with the parameter sets in extradata (avcC, hvcC), which the browser's

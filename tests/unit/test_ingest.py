@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import pytest
 
 from cxrelay.h264 import split_annexb, to_annexb
 from cxrelay.ingest import HOLD_MAX_US, Ingest, IngestResult, StreamInfo, StreamParams
-from tests.recordings import Packet, recording
+from tests.recordings import DATA, Packet, recording
 
 WHOLE = StreamInfo(b"", None, whole_units=True)
 NALS = StreamInfo(b"", "tcp", whole_units=False)
@@ -185,3 +186,57 @@ def test_any_assembler_behind_the_protocol() -> None:
 def test_unknown_codec_is_refused() -> None:
     with pytest.raises(ValueError, match="no assembler for codec 'vp8'"):
         Ingest(StreamInfo(b"", None, whole_units=True, codec="vp8"))
+
+
+def sliced_by_size(pictures: int = 12) -> list[tuple[int, bytes]]:
+    """(pts µs, access unit) of a stream whose encoder cuts slices by size
+    (x264's slice-max-size): the number and place of slices change from
+    picture to picture, so no layout is ever learned."""
+    import av
+
+    encoder = av.VideoCodecContext.create("libx264", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = 320, 240, "yuv420p"
+    encoder.time_base = Fraction(1, 25)
+    encoder.options = {"preset": "ultrafast", "tune": "zerolatency", "g": "50",
+                       "x264-params": "slice-max-size=400:sliced-threads=0:scenecut=0"}
+    pattern = av.open("testsrc2=size=320x240:rate=25,noise=alls=20:allf=t+u", format="lavfi")
+    out: list[tuple[int, bytes]] = []
+    try:
+        for index, frame in enumerate(pattern.decode(video=0)):
+            if index == pictures:
+                break
+            frame.pts = index
+            out += [(p.pts * 40_000, bytes(p)) for p in encoder.encode(frame)]
+        out += [(p.pts * 40_000, bytes(p)) for p in encoder.encode(None)]
+    finally:
+        pattern.close()
+    return out
+
+
+def test_whole_pictures_leave_with_their_packet_whatever_their_slices() -> None:
+    # A file camera (MP4/MKV) hands over one picture a packet. Sliced by size,
+    # its pictures have no layout to learn: each must still leave with its own
+    # packet, with no idle-flush deadline (a loop timer a picture) and no frame
+    # of delay waiting for the next picture.
+    aus = sliced_by_size()
+    assert len({len(split_annexb(au)) for _, au in aus}) > 2  # the slices vary
+    assert len(aus) == 12
+    ingest = Ingest(StreamInfo(b"", None, whole_units=True, whole_pictures=True))
+    for pts, au in aus:
+        result = ingest.push(au, pts, pts)
+        assert [f.pts_us for f in result.frames] == [pts]
+        slices = [nal for nal in split_annexb(au) if nal[0] & 0x1F in (1, 5)]
+        assert result.frames[0].slices == len(slices)
+        assert result.deadline_us is None
+    assert not ingest.flush().frames
+
+
+def test_whole_pictures_only_for_packets_stored_one_picture_each() -> None:
+    import av
+
+    from cxrelay.sources.pyav import whole_pictures
+
+    with av.open(str(DATA / "extradata_only.mkv")) as mkv:
+        assert whole_pictures(mkv.streams.video[0])
+    with av.open(str(DATA / "baseline.h264")) as raw:  # through FFmpeg's parser
+        assert not whole_pictures(raw.streams.video[0])
