@@ -41,6 +41,11 @@ log = structlog.get_logger("cxrelay.source")
 # A session that delivered frames for this long counts as a success: the next
 # failure starts the backoff from the beginning again.
 HEALTHY_AFTER = 10.0
+# uvloop's timers count whole milliseconds and fire up to one early by
+# time.monotonic(); an idle flush re-armed for what is left would fire again at
+# once, a spin of some twenty callbacks a picture. Within this of its deadline
+# it is due (against a hold of 25 ms or more).
+TIMER_SLACK = 0.001
 
 
 class SourceError(Exception):
@@ -203,7 +208,7 @@ class Source:
                 self._timer_armed = False
                 return
             wait = flush_at - time.monotonic()
-            if wait > 0:  # packets came meanwhile and moved the deadline
+            if wait > TIMER_SLACK:  # packets came meanwhile and moved the deadline
                 self._timer = self._loop.call_later(wait, self._idle_flush)
                 return
             self._timer_armed = False

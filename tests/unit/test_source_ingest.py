@@ -9,6 +9,8 @@ import asyncio
 import threading
 from typing import Any
 
+import uvloop
+
 from cxrelay.config import CameraConfig
 from cxrelay.h264 import split_annexb
 from cxrelay.ingest import IngestResult, StreamInfo
@@ -17,6 +19,7 @@ from tests.recordings import recording
 from tests.support import wait_for
 
 SC = b"\x00\x00\x00\x01"
+TIMER_ROUNDS = 12  # sessions of one held picture each
 
 
 class CountingLoop:
@@ -29,6 +32,21 @@ class CountingLoop:
     def call_soon_threadsafe(self, *args: Any) -> Any:
         self.wakeups += 1
         return self._loop.call_soon_threadsafe(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+
+class TimerCountingLoop:
+    """The real loop, counting the timers set on it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.timers = 0
+
+    def call_later(self, delay: float, *args: Any) -> Any:
+        self.timers += 1
+        return self._loop.call_later(delay, *args)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._loop, name)
@@ -132,6 +150,28 @@ async def test_idle_flush_fires_while_the_thread_is_blocked() -> None:
     assert source.read_all.is_set() and sink.events.count("pictures") == 1
     assert [f.pts_us for f in sink.frames] == [first.pts] and sink.frames[0].keyframe
     assert sink.results[0].inits  # the stream's parameters come with it
+
+
+def test_the_idle_timer_fires_once_on_uvloop() -> None:
+    """uvloop's timers count whole milliseconds and most fire a little early by
+    time.monotonic(): a held picture's idle flush must take it then, not
+    re-arm for the rest (a timer of 0 ms: a spin of some twenty callbacks)."""
+
+    async def play() -> TimerCountingLoop:
+        sink = Sink()
+        loop = TimerCountingLoop(asyncio.get_running_loop())
+        first = recording("slices4").packets[0]
+        for _ in range(TIMER_ROUNDS):  # a session of one picture: held, then flushed
+            packets = [(SC + nal, first.pts) for nal in split_annexb(first.data)]
+            source = ScriptedSource(loop, sink, packets)
+            source.hold_us = 30_000
+            before = len(sink.frames)
+            await run(source, lambda before=before: len(sink.frames) > before)
+        return loop
+
+    loop = uvloop.run(play())
+    # A timer a picture; one more now and then (a slice came after it was armed).
+    assert loop.timers <= 2 * TIMER_ROUNDS, loop.timers
 
 
 async def test_fragments_rejoined_in_the_thread() -> None:
