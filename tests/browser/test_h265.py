@@ -24,12 +24,14 @@ import pytest
 from tests.browser.conftest import ROOT, Daemon, Site, running
 from tests.browser.engines import Page
 from tests.browser.pages import (
+    WEBKIT_PUSH_FAILED,
     assert_moving_picture,
     open_player,
     states,
     stats,
     wait_painted,
     wait_state,
+    wait_video_playing,
 )
 from tests.browser.test_player import mse_page
 
@@ -138,7 +140,6 @@ def h265_relay(site: Site) -> Iterator[Daemon]:
 
 
 PLAYER = '<cxrelay-player camera="{camera}"></cxrelay-player>'
-WEBKIT_PUSH_FAILED = "video: Failed to push buffer"
 
 
 def test_h265_plays_clean_pictures_or_says_it_cannot(page: Page, site: Site,
@@ -162,9 +163,7 @@ def test_h265_over_mse_plays_clean_pictures_or_says_it_cannot(page: Page, site: 
     if H265_MODE[page.engine] is None:
         return assert_cannot_decode(page)
     wait_state(page, "live", mode="mse")
-    page.wait_for("""() => { const v = document.querySelector('cxrelay-player').shadowRoot
-        .querySelector('video'); return v.readyState >= 2 && !v.paused; }""",
-                  what="the video element playing")
+    wait_video_playing(page)
     assert_clean_pictures(page)
     errors = page.evaluate("() => events.filter((e) => e[0] === 'error').map((e) => e[1])")
     if page.engine == "webkit":
