@@ -436,8 +436,10 @@ class CameraHub:
             # The place to start again, unless it is itself a bound late with the loop busy
             # all along: the next one will be newer (a camera that sends only keyframes
             # would otherwise queue without end).
-            busy_us = lag.cpu_used_since(unit.ingest_us) if lag is not None else None
-            if now_us - unit.ingest_us <= bound_us or busy_us is None or busy_us <= bound_us:
+            if lag is None or now_us - unit.ingest_us <= bound_us:
+                return False
+            busy_us = lag.cpu_used_since(unit.ingest_us)  # a system call: only when late
+            if busy_us is None or busy_us <= bound_us:
                 return False
             self._resync = True
             self._dropped_busy.inc()
