@@ -48,6 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.wall import percentile  # noqa: E402
 from tests.browser.conftest import BLANK, Daemon, Site, _Quiet, running  # noqa: E402
 from tests.browser.engines import ENGINES, Page, launch  # noqa: E402
 from tests.browser.pages import IMPORT_JS  # noqa: E402
@@ -195,13 +196,6 @@ RESET_JS = """() => { const G = window.__glass;
   for (const k of ['arrivals', 'decoded', 'painted', 'shown', 'ahead']) G[k].length = 0; }"""
 COLLECT_JS = """() => ({...window.__glass,
   stats: document.querySelector('cxrelay-player').stats})"""
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 def median(values: list[float]) -> float:
